@@ -20,9 +20,9 @@ import xarray as xr
 import yaml
 
 from cosmo_sop.config import load_config, validate_config
-from cosmo_sop.ingest import ingest_config
-from cosmo_sop.mock import simulate_mock
+from cosmo_sop.ingest.run import ingest_config
 from cosmo_sop.segmentation import segment
+from cosmo_sop.sources.mock.simulate import simulate_mock
 
 ROOT = Path(__file__).resolve().parents[1]
 

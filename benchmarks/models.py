@@ -100,7 +100,7 @@ def benchmark(device: torch.device, batch: int, channels: int) -> None:
 def demo_training(results: Path) -> None:
     """Train every model of the demo config on every noise level of ``results`` (its patch and
     segment stores), in a temporary folder, and print the wall time of each."""
-    from cosmo_sop.model_runs import train_backbone, train_sop
+    from cosmo_sop.training.runs import train_backbone, train_sop
 
     config = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
     total = 0.0

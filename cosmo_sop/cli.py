@@ -50,7 +50,7 @@ def _read_config(args: argparse.Namespace) -> Config:
 
 
 def _simulate_mock(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.mock import simulate_mock
+    from cosmo_sop.sources.mock.simulate import simulate_mock
 
     simulate_mock(args.root, config["mock"], seed=config["seed"], workers=args.workers)
 
@@ -62,7 +62,7 @@ def _plot_mock(args: argparse.Namespace, config: Config) -> None:
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.ingest import ingest_config
+    from cosmo_sop.ingest.run import ingest_config
 
     ingest_config(config, root=args.root, output=args.output, workers=args.workers)
 
@@ -95,7 +95,7 @@ def _plot_segments(args: argparse.Namespace, config: Config) -> None:
 
 
 def _train_backbone(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.model_runs import train_backbone
+    from cosmo_sop.training.runs import train_backbone
 
     train_backbone(
         args.patches,
@@ -107,7 +107,7 @@ def _train_backbone(args: argparse.Namespace, config: Config) -> None:
 
 
 def _train_sop(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.model_runs import train_sop
+    from cosmo_sop.training.runs import train_sop
 
     train_sop(
         args.patches, args.segments, args.backbone, args.output, config, restart_stale=args.restart_stale
@@ -136,7 +136,7 @@ def _explain(args: argparse.Namespace, config: Config) -> None:
 
 
 def _structures(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.science import structure_analysis
+    from cosmo_sop.structures.run import structure_analysis
 
     options = config["structures"]
     structure_analysis(
@@ -151,7 +151,7 @@ def _structures(args: argparse.Namespace, config: Config) -> None:
 
 
 def _faithfulness(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.science import faithfulness_evaluation
+    from cosmo_sop.faithfulness.run import faithfulness_evaluation
 
     options = config["evaluation"]
     samples = {"n_samples": options["n_samples"]}
@@ -173,14 +173,14 @@ def _faithfulness(args: argparse.Namespace, config: Config) -> None:
 
 
 def _summary_statistics(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.summary_statistics import run_summary_statistics
+    from cosmo_sop.summary_statistics.features import run_summary_statistics
 
     options = {**config["summary_statistics"], "seed": config["seed"]}
     run_summary_statistics(args.patches, args.output, options, workers=args.workers)
 
 
 def _report(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.report import write_report
+    from cosmo_sop.report.build import write_report
 
     write_report(args.results, args.levels, args.output, config=config)
 

@@ -8,7 +8,9 @@ file with :func:`snakemake.utils.validate`, which also fills in the defaults.
 from __future__ import annotations
 
 import copy
+import functools
 import os
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,38 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if config is not None and not isinstance(config, dict):
         raise InputError(path, "config must be a mapping of keys to values")
     return validate_config(config or {}, path)
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    return validate_config({}, "default config")
+
+
+def defaults(section: str) -> Any:
+    """The schema's defaults of one config section (``"training"``, ``"sop.training"``, ...),
+    a fresh copy: the only place in cosmo-sop where defaults come from."""
+    value: Any = _schema_defaults()
+    for key in section.split("."):
+        value = value[key]
+    return copy.deepcopy(value)
+
+
+def with_defaults(section: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``options`` of one config section, validated by the schema and completed with its
+    defaults, for library calls that do not go through :func:`load_config`.
+
+    Raises
+    ------
+    InputError
+        Naming the config key that fails the schema.
+    """
+    nested: dict[str, Any] = dict(options or {})
+    for key in reversed(section.split(".")):
+        nested = {key: nested}
+    value: Any = validate_config(nested, f"config section '{section}'")
+    for key in section.split("."):
+        value = value[key]
+    return value
 
 
 def _schema_message(exc: Exception) -> str:

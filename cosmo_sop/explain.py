@@ -45,11 +45,11 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from cosmo_sop import __version__
-from cosmo_sop.data import EpochBatchSampler, PatchData, collate_batch
 from cosmo_sop.errors import InputError
-from cosmo_sop.model_runs import WEIGHTS, SOPExplanation, TrainedSOP, check_provenance, load_sop
-from cosmo_sop.models.sop_groups import patch_token_map
-from cosmo_sop.storage import ZARR_FORMAT, atomic_path
+from cosmo_sop.models.groups import patch_token_map
+from cosmo_sop.storage import ZARR_FORMAT, atomic_path, open_zarr
+from cosmo_sop.training.data import SAMPLE_KEYS, EpochBatchSampler, PatchData, collate_batch
+from cosmo_sop.training.runs import WEIGHTS, SOPExplanation, TrainedSOP, check_provenance, load_sop
 
 #: Variables every explanation store holds (besides the token membership).
 VARIABLES: tuple[str, ...] = (
@@ -287,3 +287,59 @@ def _attributes(
         if key in store:
             attrs[key] = store[key]
     return attrs
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the stores
+
+
+def open_explanations(path: str | os.PathLike) -> xr.Dataset:
+    """Open an explanation store lazily, refusing one that lacks a variable of the contract."""
+    ds = open_zarr(path, VARIABLES)
+    if tuple(ds["scores"].dims) != ("sample", "group", "output"):
+        raise InputError(path, f"scores has dims {ds['scores'].dims}, expected (sample, group, output)")
+    if ds.sizes["sample"] == 0:
+        raise InputError(path, "holds no explained maps")
+    return ds
+
+
+def patches_for(
+    explanations: xr.Dataset,
+    where: str | os.PathLike,
+    patches_store: str | os.PathLike,
+    segments_store: str | os.PathLike | None = None,
+) -> PatchData:
+    """The patch store the explanations were made from, checked map by map and by noise level."""
+    data = PatchData(patches_store, segments_store)
+    rows = np.asarray(explanations["store_index"].values)
+    if rows.min() < 0 or rows.max() >= data.n_samples:
+        raise InputError(where, f"store_index reaches row {rows.max()}, {patches_store} has "
+                         f"{data.n_samples} maps: not the patch store these explanations came from")
+    for key in SAMPLE_KEYS:
+        if key not in explanations.coords:
+            raise InputError(where, f"lacks the sample coordinate {key!r}")
+        ours = np.asarray(explanations[key].values).astype(str)
+        theirs = np.asarray(data.ds[key].values)[rows].astype(str)
+        differ = np.flatnonzero(ours != theirs)
+        if differ.size:
+            raise InputError(
+                where, f"map {differ[0]} is {key} = {ours[differ[0]]!r}, but row {rows[differ[0]]} "
+                f"of {patches_store} has {theirs[differ[0]]!r}: not the store they were made from",
+            )
+    now = data.provenance()
+    for key in ("noise_level", "noise"):
+        made = explanations.attrs.get(key)
+        if isinstance(made, str) and key == "noise":
+            made = json.loads(made)
+        if made is not None and now.get(key) is not None and made != now.get(key):
+            raise InputError(
+                where, f"was made on data with {key} = {json.dumps(made)}, but {patches_store} "
+                f"has {json.dumps(now.get(key))}",
+            )
+    return data
+
+
+def kappa_rows(data: PatchData, rows: np.ndarray) -> np.ndarray:
+    """kappa (len(rows), C, H, W) float32 of the given patch-store rows, read chunk-wise."""
+    return np.asarray(data.ds["kappa"].isel(sample=np.asarray(rows)).values)
+

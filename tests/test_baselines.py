@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cosmo_sop.attribution.baselines import (
+from cosmo_sop.attribution.registry import (
     METHODS,
     attribute,
     pixel_importance,

@@ -74,7 +74,7 @@ def test_cli_reports_invalid_yaml(tmp_path):
 
 
 def test_schema_default_structures_are_the_library_defaults():
-    from cosmo_sop.structures import DEFAULT_DEFINITIONS, parse_definitions
+    from cosmo_sop.structures.classify import DEFAULT_DEFINITIONS, parse_definitions
 
     config = validate_config({})
     assert parse_definitions(config["structures"]["definitions"]) == DEFAULT_DEFINITIONS

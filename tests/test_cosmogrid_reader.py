@@ -6,7 +6,7 @@ import h5py
 import healpy as hp
 import numpy as np
 import pytest
-from cosmogrid_files import (
+from fixtures.cosmogrid import (
     FIDUCIAL_ID,
     parameter_table,
     release_maps,
@@ -15,8 +15,8 @@ from cosmogrid_files import (
     write_release,
 )
 
-from cosmo_sop import cosmogrid
 from cosmo_sop.errors import InputError
+from cosmo_sop.sources import cosmogrid
 
 NSIDE = 16
 

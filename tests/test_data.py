@@ -10,7 +10,9 @@ import pytest
 import torch
 import xarray as xr
 
-from cosmo_sop.data import (
+from cosmo_sop.errors import InputError
+from cosmo_sop.storage import write_zarr
+from cosmo_sop.training.data import (
     EpochBatchSampler,
     LabelScaler,
     PatchData,
@@ -18,8 +20,6 @@ from cosmo_sop.data import (
     collate_batch,
     dihedral_transform,
 )
-from cosmo_sop.errors import InputError
-from cosmo_sop.storage import write_zarr
 
 N_COSMOLOGIES, N_PATCHES, N_BINS, SIZE, CHUNK = 10, 3, 2, 12, 4
 SPLIT_OF_COSMOLOGY = np.array(

@@ -6,10 +6,10 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +27,8 @@ DISTRIBUTIONS = {
 RULE_ENVS = {
     "data.yaml": [
         "cosmo_sop.cli",
-        "cosmo_sop.mock",
-        "cosmo_sop.ingest",
+        "cosmo_sop.sources.mock.simulate",
+        "cosmo_sop.ingest.run",
         "cosmo_sop.noise",
         "cosmo_sop.segmentation",
         "cosmo_sop.figures.mock",

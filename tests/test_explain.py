@@ -13,9 +13,9 @@ from test_model_runs import SIZE, tiny_config, write_stores
 from cosmo_sop import __version__
 from cosmo_sop.errors import InputError
 from cosmo_sop.explain import explain_split
-from cosmo_sop.model_runs import load_sop, train_backbone, train_sop
-from cosmo_sop.models.sop_groups import patch_token_map
+from cosmo_sop.models.groups import patch_token_map
 from cosmo_sop.storage import write_zarr
+from cosmo_sop.training.runs import load_sop, train_backbone, train_sop
 
 N_GROUPS = 4  # tiny_config's sop.n_groups
 

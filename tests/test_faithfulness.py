@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from cosmo_sop.faithfulness import (
+from cosmo_sop.faithfulness.curves import (
     DEFAULT_FRACTIONS,
     Curve,
     faithfulness_metrics,

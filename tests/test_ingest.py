@@ -10,26 +10,27 @@ import healpy as hp
 import numpy as np
 import pytest
 import xarray as xr
-from cosmogrid_files import release_maps, write_release
+from fixtures.cosmogrid import release_maps, write_release
 
-from cosmo_sop import __version__, cosmogrid
+from cosmo_sop import __version__
 from cosmo_sop.config import validate_config
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.patches import example_rows, plot_patches
-from cosmo_sop.ingest import (
-    aligned_chunk,
-    ingest,
-    ingest_config,
-    split_cosmologies,
-    split_counts,
-)
-from cosmo_sop.patches import (
+from cosmo_sop.ingest.patches import (
     check_patches_disjoint,
     extract_patches,
     patch_centres,
     patch_diagonal,
     patch_pixel_indices,
 )
+from cosmo_sop.ingest.run import (
+    aligned_chunk,
+    ingest,
+    ingest_config,
+    split_cosmologies,
+    split_counts,
+)
+from cosmo_sop.sources import cosmogrid
 
 NSIDE = 32
 # Odd patch side: the central pixel sits exactly on the patch centre.

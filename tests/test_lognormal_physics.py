@@ -7,8 +7,13 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from cosmo_sop.lognormal import gaussian_spectra, generate_maps, lognormal_shifts, map_rng
-from cosmo_sop.spectra import ccl_cosmology, convergence_spectra, tomographic_nz
+from cosmo_sop.sources.mock.lognormal import (
+    gaussian_spectra,
+    generate_maps,
+    lognormal_shifts,
+    map_rng,
+)
+from cosmo_sop.sources.mock.spectra import ccl_cosmology, convergence_spectra, tomographic_nz
 
 REDSHIFT = {
     "n_bins": 3, "z_max": 3.0, "z_mode": 0.6, "alpha": 2.0, "beta": 1.5, "photoz_sigma0": 0.05

@@ -13,12 +13,12 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from cosmo_sop import cosmogrid
-from cosmo_sop import mock as mock_module
-from cosmo_sop.cosmology import draw_cosmologies, unit_design
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.mock import plot_mock_overview
-from cosmo_sop.mock import (
+from cosmo_sop.sources import cosmogrid
+from cosmo_sop.sources.mock import simulate as mock_module
+from cosmo_sop.sources.mock.design import draw_cosmologies, unit_design
+from cosmo_sop.sources.mock.simulate import (
     PROVENANCE_ATTR,
     metainfo_tables,
     regenerate_map,

@@ -13,8 +13,8 @@ import xarray as xr
 
 from cosmo_sop.config import validate_config
 from cosmo_sop.errors import InputError
-from cosmo_sop.model_runs import load_backbone, load_sop, train_backbone, train_sop
 from cosmo_sop.storage import write_zarr
+from cosmo_sop.training.runs import load_backbone, load_sop, train_backbone, train_sop
 
 SIZE = 16
 

@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.structures import (
+from cosmo_sop.structures.classify import (
     DEFAULT_DEFINITIONS,
     classify,
     group_statistics,

@@ -17,15 +17,20 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.faithfulness import faithfulness_table, write_table_csv
+from cosmo_sop.faithfulness.curves import faithfulness_table, write_table_csv
 from cosmo_sop.figures.predictions import (
     plot_mse_per_level,
     plot_predicted_vs_true,
     read_model_predictions,
 )
-from cosmo_sop.report import read_test_metrics, sop_backbone_ratio, verdict_summary, write_report
+from cosmo_sop.report.build import (
+    read_test_metrics,
+    sop_backbone_ratio,
+    verdict_summary,
+    write_report,
+)
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.structures import classify, group_statistics, verdicts, weight_table
+from cosmo_sop.structures.classify import classify, group_statistics, verdicts, weight_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ["Om", "s8"]

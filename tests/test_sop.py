@@ -10,8 +10,8 @@ from torch import nn
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.models.backbone import ConvRegressor
+from cosmo_sop.models.groups import drop_duplicates, n_kept_tokens, straight_through
 from cosmo_sop.models.sop import Explanation, SumOfParts
-from cosmo_sop.models.sop_groups import drop_duplicates, n_kept_tokens, straight_through
 
 SIDE = 24  # 24 -conv3-> 22 -pool-> 11 -conv3-> 9 -pool-> 4 -conv3-> 2 -pool-> 1
 SHAPE = (2, SIDE, SIDE)

@@ -10,7 +10,7 @@ from skimage.measure import label as skimage_label
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.structures import plot_groups, plot_weight_histograms
-from cosmo_sop.structures import (
+from cosmo_sop.structures.classify import (
     DEFAULT_DEFINITIONS,
     attribution_cells,
     bootstrap_sums,

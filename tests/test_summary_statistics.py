@@ -14,7 +14,7 @@ from scipy.signal.windows import tukey
 from cosmo_sop.errors import InputError
 from cosmo_sop.noise import smooth_patches
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.summary_statistics import (
+from cosmo_sop.summary_statistics.features import (
     ARCMIN,
     SUMMARY_DEFAULTS,
     ell_bin_edges,

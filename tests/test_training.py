@@ -23,10 +23,10 @@ import xarray as xr
 from safetensors.torch import load_file
 from torch import nn
 
-from cosmo_sop.data import PatchData
 from cosmo_sop.errors import InputError
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.training import evaluate, fit, load_sidecar, load_weights
+from cosmo_sop.training.data import PatchData
+from cosmo_sop.training.fit import evaluate, fit, load_sidecar, load_weights
 
 #: A fast, fully specified configuration (one thread: identical floats in every process).
 CONFIG = {
@@ -208,8 +208,8 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from test_training import CONFIG, build_model, predict
-from cosmo_sop.data import PatchData
-from cosmo_sop.training import fit
+from cosmo_sop.training.data import PatchData
+from cosmo_sop.training.fit import fit
 
 store, run_dir, pause = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "pause"
 patches = PatchData(store)

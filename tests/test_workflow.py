@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from cosmo_sop.model_runs import load_sop
+from cosmo_sop.training.runs import load_sop
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]

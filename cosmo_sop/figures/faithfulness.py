@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cosmo_sop.faithfulness import (
+from cosmo_sop.faithfulness.curves import (
     DELETION,
     GROUPED_DELETION,
     GROUPED_INSERTION,

@@ -14,12 +14,17 @@ import healpy as hp
 import numpy as np
 from matplotlib.figure import Figure
 
-from cosmo_sop import cosmogrid
-from cosmo_sop.lognormal import lognormal_shifts
 from cosmo_sop.errors import InputError
-from cosmo_sop.mock import PROVENANCE_ATTR, config_record, resolve_mock_config
-from cosmo_sop.spectra import auto_spectra, ccl_cosmology, convergence_spectra, tomographic_nz
 from cosmo_sop.figures import save_figure
+from cosmo_sop.sources import cosmogrid
+from cosmo_sop.sources.mock.lognormal import lognormal_shifts
+from cosmo_sop.sources.mock.simulate import PROVENANCE_ATTR, config_record, resolve_mock_config
+from cosmo_sop.sources.mock.spectra import (
+    auto_spectra,
+    ccl_cosmology,
+    convergence_spectra,
+    tomographic_nz,
+)
 
 #: Number of logarithmic multipole bands of the measured spectra.
 N_BANDS = 16

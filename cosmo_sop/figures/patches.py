@@ -10,8 +10,8 @@ import xarray as xr
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
-from cosmo_sop.patches import patch_outline
 from cosmo_sop.figures import save_figure
+from cosmo_sop.ingest.patches import patch_outline
 from cosmo_sop.storage import open_zarr
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}

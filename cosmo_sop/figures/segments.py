@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from skimage.segmentation import find_boundaries
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.segmentation import detection_map
 from cosmo_sop.figures import save_figure
+from cosmo_sop.segmentation import detection_map
 from cosmo_sop.storage import open_zarr
 
 

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures import save_figure
-from cosmo_sop.structures import OUTPUTS, class_weights, sigma_map, top_groups
+from cosmo_sop.structures.classify import OUTPUTS, class_weights, sigma_map, top_groups
 
 #: Display names of the outputs.
 LATEX = {"Om": r"$\Omega_m$", "s8": r"$\sigma_8$"}

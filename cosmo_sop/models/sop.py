@@ -58,7 +58,7 @@ from entmax import sparsemax
 from torch import Tensor, nn
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.models.sop_groups import (
+from cosmo_sop.models.groups import (
     drop_duplicates,
     keep_top_tokens,
     n_kept_tokens,

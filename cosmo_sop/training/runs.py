@@ -11,7 +11,7 @@ A trained model is a run folder written by :func:`cosmo_sop.training.fit`::
 In Python, :func:`load_sop` gives a trained SOP model that predicts (Omega_m, sigma_8) of any
 map together with the groups and weights that make up the prediction exactly::
 
-    from cosmo_sop.model_runs import load_sop
+    from cosmo_sop.training.runs import load_sop
     sop = load_sop("results/noiseless/models/sop")
     parts = sop.explain(kappa)                  # kappa: (C, H, W) or (N, C, H, W)
     parts.prediction                            # (N, 2): Omega_m, sigma_8
@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cosmo_sop.data import EpochBatchSampler, LabelScaler, PatchData, collate_batch
 from cosmo_sop.errors import InputError
 from cosmo_sop.models.backbone import ConvRegressor
 from cosmo_sop.models.sop import SumOfParts
 from cosmo_sop.storage import atomic_path
-from cosmo_sop.training import derived_seed, evaluate, fit, load_sidecar, load_weights
+from cosmo_sop.training.data import EpochBatchSampler, LabelScaler, PatchData, collate_batch
+from cosmo_sop.training.fit import derived_seed, evaluate, fit, load_sidecar, load_weights
 
 WEIGHTS = "model.safetensors"
 TEST_METRICS = "test_metrics.json"

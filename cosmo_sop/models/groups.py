@@ -191,11 +191,11 @@ class _StraightThrough(torch.autograd.Function):
     """Forward the hard 0/1 values unchanged; backward hand their gradient to the soft ones."""
 
     @staticmethod
-    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:
         return hard.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
         return None, grad
 
 

@@ -39,11 +39,16 @@ import pyccl as ccl
 from tqdm.auto import tqdm
 
 import cosmo_sop
-from cosmo_sop import cosmogrid
-from cosmo_sop.cosmology import draw_cosmologies
 from cosmo_sop.errors import InputError
-from cosmo_sop.lognormal import gaussian_spectra, generate_maps, lognormal_shifts, map_rng
-from cosmo_sop.spectra import ccl_cosmology, convergence_spectra, tomographic_nz
+from cosmo_sop.sources import cosmogrid
+from cosmo_sop.sources.mock.design import draw_cosmologies
+from cosmo_sop.sources.mock.lognormal import (
+    gaussian_spectra,
+    generate_maps,
+    lognormal_shifts,
+    map_rng,
+)
+from cosmo_sop.sources.mock.spectra import ccl_cosmology, convergence_spectra, tomographic_nz
 from cosmo_sop.storage import atomic_path
 
 #: Version of the map generator: bump it when the same inputs would give different maps,

@@ -45,9 +45,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from cosmo_sop import __version__
-from cosmo_sop.data import EpochBatchSampler, augment_batch, collate_batch, mask_random_groups
 from cosmo_sop.errors import InputError
 from cosmo_sop.storage import atomic_path
+from cosmo_sop.training.data import (
+    EpochBatchSampler,
+    augment_batch,
+    collate_batch,
+    mask_random_groups,
+)
 
 Batch = dict[str, torch.Tensor]
 Predict = Callable[[torch.nn.Module, Batch], torch.Tensor]

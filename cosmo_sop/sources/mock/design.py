@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.stats import qmc
 
-from cosmo_sop.cosmogrid import PARAMETER_COLUMNS
+from cosmo_sop.sources.cosmogrid import PARAMETER_COLUMNS
 
 #: Parameters that the design varies, in the order of the columns of the unit design.
 VARIED_PARAMETERS = ("Om", "s8")

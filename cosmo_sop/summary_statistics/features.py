@@ -71,10 +71,10 @@ from tqdm.auto import tqdm
 from tqdm.dask import TqdmCallback
 
 from cosmo_sop import __version__
-from cosmo_sop.data import SPLITS, PatchData
 from cosmo_sop.errors import InputError
 from cosmo_sop.noise import smooth_patches
 from cosmo_sop.storage import atomic_path
+from cosmo_sop.training.data import SPLITS, PatchData
 
 ARCMIN = math.pi / (180.0 * 60.0)  # radians per arcminute
 

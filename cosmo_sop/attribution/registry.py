@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from cosmo_sop.attribution.xgradient import XGradient
 from cosmo_sop.errors import InputError
-from cosmo_sop.faithfulness import group_pixel_importance
+from cosmo_sop.faithfulness.curves import group_pixel_importance
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -550,6 +550,8 @@ class AttributionMethod:
 
 
 #: The attribution methods by name.
+#: Name of SOP's own attribution beside the baselines of :data:`METHODS`.
+SOP = "sop"
 METHODS: dict[str, AttributionMethod] = {
     method.name: method
     for method in (

@@ -29,15 +29,16 @@ import xarray as xr
 from dask.base import tokenize
 from tqdm.dask import TqdmCallback
 
-from cosmo_sop import __version__, cosmogrid
-from cosmo_sop.cosmogrid import MapRecord
+from cosmo_sop import __version__
 from cosmo_sop.errors import InputError
-from cosmo_sop.patches import (
+from cosmo_sop.ingest.patches import (
     check_patches_disjoint,
     extract_patches,
     patch_centres,
     patch_pixel_indices,
 )
+from cosmo_sop.sources import cosmogrid
+from cosmo_sop.sources.cosmogrid import MapRecord
 from cosmo_sop.storage import write_zarr
 
 SPLITS = ("train", "val", "test")

@@ -1,0 +1,145 @@
+"""Where every result lives: the one module that spells out the ``results/`` tree.
+
+The Snakemake rules (``workflow/rules/common.smk``), the steps that write a folder's files, the
+report and the figures all take their paths from here, so a name changes in one place::
+
+    results/
+      patches.zarr                      ingest
+      figures/{patches,mock_overview}.png
+      <level>/
+        patches.zarr  segments.zarr     add_noise, segment
+        models/<model>/                 train_backbone (backbone, xdnn), train_sop (sop)
+          model.safetensors  model.json  metrics.csv  test_metrics.json  test_predictions.npz
+        explanations.zarr               explain
+        science/                        structures, faithfulness
+        summary_statistics.json         summary_statistics (.npz beside it)
+        figures/
+      report.html                       report
+      logs/
+
+Functions take the results folder and a level name; pass ``"{level}"`` to get a Snakemake
+pattern. Standard library only: the Snakefile imports this module before any rule runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = [
+    "CHECKPOINT",
+    "EXAMPLE_GROUPS",
+    "FAITHFULNESS_CSV",
+    "FAITHFULNESS_CURVES",
+    "FAITHFULNESS_STORE",
+    "METRICS",
+    "MODELS",
+    "PURITY_CSV",
+    "PURITY_SOP",
+    "SIDECAR",
+    "TEST_METRICS",
+    "TEST_PREDICTIONS",
+    "VERDICTS",
+    "WEIGHTS",
+    "WEIGHTS_CSV",
+    "WEIGHT_HISTOGRAMS",
+    "explanations",
+    "figures",
+    "level_dir",
+    "level_figures",
+    "level_patches",
+    "log",
+    "model_dir",
+    "patches",
+    "report",
+    "science_dir",
+    "segments",
+    "summary_statistics",
+    "summary_statistics_predictions",
+    "training_figure",
+]
+
+Folder = str | os.PathLike
+
+#: The models trained per noise level, in display order.
+MODELS = ("backbone", "xdnn", "sop")
+
+# Files of a model's run folder.
+WEIGHTS = "model.safetensors"
+SIDECAR = "model.json"
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.csv"
+TEST_METRICS = "test_metrics.json"
+TEST_PREDICTIONS = "test_predictions.npz"
+
+# Files of a level's science folder.
+WEIGHTS_CSV = "weights.csv"
+VERDICTS = "verdicts.json"
+PURITY_SOP = "purity_sop.json"
+WEIGHT_HISTOGRAMS = "weight_histograms.png"
+EXAMPLE_GROUPS = "example_groups.png"
+FAITHFULNESS_CSV = "faithfulness.csv"
+FAITHFULNESS_STORE = "faithfulness.zarr"
+FAITHFULNESS_CURVES = "faithfulness_curves.png"
+PURITY_CSV = "purity.csv"
+
+
+def patches(results: Folder) -> Path:
+    """The noiseless patch store written by ``ingest``."""
+    return Path(results) / "patches.zarr"
+
+
+def figures(results: Folder) -> Path:
+    """Figures of the data stage, shared by every level."""
+    return Path(results) / "figures"
+
+
+def level_dir(results: Folder, level: str) -> Path:
+    """Everything downstream of one noise level."""
+    return Path(results) / level
+
+
+def level_patches(results: Folder, level: str) -> Path:
+    return level_dir(results, level) / "patches.zarr"
+
+
+def segments(results: Folder, level: str) -> Path:
+    return level_dir(results, level) / "segments.zarr"
+
+
+def model_dir(results: Folder, level: str, model: str) -> Path:
+    """Run folder of one model (:data:`MODELS`): weights, sidecar, metrics, checkpoint."""
+    return level_dir(results, level) / "models" / model
+
+
+def explanations(results: Folder, level: str) -> Path:
+    return level_dir(results, level) / "explanations.zarr"
+
+
+def science_dir(results: Folder, level: str) -> Path:
+    """Tables, records and figures of ``structures`` and ``faithfulness``."""
+    return level_dir(results, level) / "science"
+
+
+def summary_statistics(results: Folder, level: str) -> Path:
+    return level_dir(results, level) / "summary_statistics.json"
+
+
+def summary_statistics_predictions(results: Folder, level: str) -> Path:
+    return summary_statistics(results, level).with_suffix(".npz")
+
+
+def level_figures(results: Folder, level: str) -> Path:
+    return level_dir(results, level) / "figures"
+
+
+def training_figure(results: Folder, level: str, model: str) -> Path:
+    return level_figures(results, level) / f"training_{model}.png"
+
+
+def report(results: Folder) -> Path:
+    return Path(results) / "report.html"
+
+
+def log(results: Folder, name: str) -> Path:
+    return Path(results) / "logs" / f"{name}.log"

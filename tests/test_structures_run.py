@@ -1,0 +1,95 @@
+"""The structures step: voids and clusters among SOP groups, their weights and verdicts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+import xarray as xr
+from test_model_runs import write_stores
+
+from cosmo_sop.errors import InputError
+from cosmo_sop.structures.classify import DEFAULT_DEFINITIONS, sigma_map
+from cosmo_sop.structures.run import structure_analysis
+
+ROWS = ["MSE top-20%", "Ins", "InsG", "Del", "DelG", "purity", "sparsity"]
+#: Fewer perturbations than the defaults keep the perturbation methods fast on tiny maps.
+FAST = {"kernel_shap": {"n_samples": 24}, "lime": {"n_samples": 24},
+        "gradient_shap": {"n_samples": 8}, "integrated_gradients": {"n_steps": 8}}  # fmt: skip
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tmp_path):
+    tmp, patches, _, explanations = science_runs
+    result = structure_analysis(explanations, patches, tmp_path, n_boot=200, seed=1)
+
+    for name in ("weights.csv", "verdicts.json", "purity_sop.json", "weight_histograms.png",
+                 "weight_histograms.pdf", "example_groups.png", "example_groups_3.png"):  # fmt: skip
+        assert (tmp_path / name).is_file(), name
+    rows = _read_csv(tmp_path / "weights.csv")
+    names = [d.name for d in DEFAULT_DEFINITIONS]
+    assert [(r["definition"], r["output"]) for r in rows] == [(d, o) for d in names for o in ("Om", "s8")]
+
+    # The void weights, recomputed here from the stores: sigma map of the explained maps' kappa,
+    # a group is a void when its mean is below 0 sigma.
+    ds = xr.open_zarr(explanations)
+    kappa = xr.open_zarr(patches).kappa.values[ds.store_index.values]
+    sigma = sigma_map(kappa)
+    masks, valid, scores = ds.masks.values, ds.valid.values, ds.scores.values
+    mean = (masks * sigma[:, None]).sum((2, 3)) / np.maximum(masks.sum((2, 3)), 1)
+    void = valid & (masks.sum((2, 3)) > 0) & (mean < 0)
+    assert void.any() and not void.all()
+    for row in rows[:2]:
+        o = ["Om", "s8"].index(row["output"])
+        assert int(row["n_groups"]) == void.sum()
+        assert float(row["mean_weight"]) == pytest.approx(scores[..., o][void].mean(), rel=1e-5)
+        assert float(row["ci_low"]) <= float(row["mean_weight"]) <= float(row["ci_high"])
+
+    # 16 x 16 patches of 25 % groups: nothing averages above 2 sigma, the class is empty.
+    cluster = next(r for r in rows if r["definition"] == "cluster")
+    assert int(cluster["n_groups"]) == 0 and cluster["mean_weight"] == "nan"
+    saved = json.loads((tmp_path / "verdicts.json").read_text())
+    assert set(saved["verdicts"]) == set(names) == set(result["verdicts"])
+    assert "no groups in this class" in saved["verdicts"]["cluster"]
+    assert re.search(r"ratio \d", saved["verdicts"]["void"])
+    assert saved["weights"]["cluster"]["Om"]["mean_weight"] is None
+    assert saved["n_maps"] == ds.sizes["sample"] == result["n_maps"]
+
+    purity = json.loads((tmp_path / "purity_sop.json").read_text())["purity"]
+    for output in ("Om", "s8"):
+        assert 0.0 <= purity[output]["purity"] <= 1.0
+        assert purity[output] == result["purity_sop"][output]
+
+
+def test_structure_analysis_with_own_definitions_and_cosmology_blocks(science_runs, tmp_path):
+    _, patches, _, explanations = science_runs
+    definitions = [
+        {"name": "void", "kind": "void", "mean_below": 0.0},
+        {"name": "cluster", "kind": "cluster", "mean_above": 0.0},
+        {"name": "hot", "kind": "cluster", "fraction_above": 1.0, "min_fraction": 0.1},
+    ]
+    result = structure_analysis(explanations, patches, tmp_path, definitions, n_boot=100,
+                                bootstrap_blocks="cosmology", n_examples=1)  # fmt: skip
+    assert len(_read_csv(tmp_path / "weights.csv")) == 6
+    assert result["weights"].attrs["n_blocks"] == 4  # the test split's cosmologies
+    assert (tmp_path / "example_groups.png").is_file()
+    assert not (tmp_path / "example_groups_2.png").exists()
+    with pytest.raises(InputError, match="'cluster'"):
+        structure_analysis(explanations, patches, tmp_path, definitions[:1], n_boot=10)
+
+
+def test_structure_analysis_refuses_another_patch_store(science_runs, tmp_path):
+    _, _, _, explanations = science_runs
+    noisy, _ = write_stores(tmp_path, noise_level="stage3")
+    with pytest.raises(InputError, match="noise_level"):
+        structure_analysis(explanations, noisy, tmp_path / "out", n_boot=10)
+    assert not (tmp_path / "out").exists()
+
+
