@@ -33,5 +33,5 @@ include: "workflow/rules/science.smk"
 rule all:
     input:
         data_stage_outputs(),
-        RESULTS / "report.html",
+        layout.report(RESULTS),
     default_target: True

@@ -33,9 +33,12 @@ __all__ = [
     "FAITHFULNESS_CURVES",
     "FAITHFULNESS_STORE",
     "METRICS",
+    "MOCK_FIGURE",
     "MODELS",
+    "PATCHES_FIGURE",
     "PURITY_CSV",
     "PURITY_SOP",
+    "SEGMENTS_FIGURE",
     "SIDECAR",
     "TEST_METRICS",
     "TEST_PREDICTIONS",
@@ -63,6 +66,11 @@ Folder = str | os.PathLike
 
 #: The models trained per noise level, in display order.
 MODELS = ("backbone", "xdnn", "sop")
+
+# Figures of the data stage.
+PATCHES_FIGURE = "patches.png"
+MOCK_FIGURE = "mock_overview.png"
+SEGMENTS_FIGURE = "segments.png"
 
 # Files of a model's run folder.
 WEIGHTS = "model.safetensors"

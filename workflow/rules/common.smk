@@ -5,6 +5,11 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+# The results tree is named once, in cosmo_sop/layout.py (standard library only), for the rules,
+# the report and the figures alike; this checkout's copy is imported whether or not it is installed.
+sys.path.insert(0, workflow.basedir)
+from cosmo_sop import layout
+
 # One schema serves the workflow and the library (workflow/schemas links to cosmo_sop/schemas);
 # validate() also fills every default, so rules can index config freely.
 validate(config, "../schemas/config.schema.yaml")
@@ -44,7 +49,7 @@ def ingest_input(wildcards):
 def sop_segments(wildcards):
     # Patch tokens do not use the segmentation: SOP then need not rerun when it changes.
     if config["sop"]["tokens"] == "segments":
-        return {"segments": RESULTS / wildcards.level / "segments.zarr"}
+        return {"segments": layout.segments(RESULTS, wildcards.level)}
     return {}
 
 
@@ -54,32 +59,29 @@ def source_root():
     return Path(config["cosmogrid"]["root"])
 
 
-MODELS = ["backbone", "xdnn", "sop"]
-
-
 def model_outputs():
     outputs = []
     for level in NOISE_LEVELS:
-        for model in MODELS:
-            outputs.append(RESULTS / level / "models" / model / "test_metrics.json")
-            outputs.append(RESULTS / level / "figures" / f"training_{model}.png")
+        for model in layout.MODELS:
+            outputs.append(layout.model_dir(RESULTS, level, model) / layout.TEST_METRICS)
+            outputs.append(layout.training_figure(RESULTS, level, model))
     return outputs
 
 
 def science_outputs():
     outputs = []
     for level in NOISE_LEVELS:
-        science = RESULTS / level / "science"
-        outputs += [science / "weights.csv", science / "faithfulness.csv"]
-        outputs.append(RESULTS / level / "summary_statistics.json")
+        science = layout.science_dir(RESULTS, level)
+        outputs += [science / layout.WEIGHTS_CSV, science / layout.FAITHFULNESS_CSV]
+        outputs.append(layout.summary_statistics(RESULTS, level))
     return outputs + model_outputs()
 
 
 def data_stage_outputs():
-    outputs = [RESULTS / "figures" / "patches.png"]
+    outputs = [layout.figures(RESULTS) / layout.PATCHES_FIGURE]
     if config["source"] == "mock":
-        outputs.append(RESULTS / "figures" / "mock_overview.png")
+        outputs.append(layout.figures(RESULTS) / layout.MOCK_FIGURE)
     for level in NOISE_LEVELS:
-        outputs.append(RESULTS / level / "segments.zarr")
-        outputs.append(RESULTS / level / "figures" / "segments.png")
+        outputs.append(layout.segments(RESULTS, level))
+        outputs.append(layout.level_figures(RESULTS, level) / layout.SEGMENTS_FIGURE)
     return outputs

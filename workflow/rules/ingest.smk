@@ -6,7 +6,7 @@ rule ingest:
     input:
         unpack(ingest_input),
     output:
-        directory(RESULTS / "patches.zarr"),
+        directory(layout.patches(RESULTS)),
     params:
         config=config_json("source", "cosmogrid", "mock", "ingest"),
         root=source_root(),
@@ -15,7 +15,7 @@ rule ingest:
         mem_mb=4000,
         runtime=60,
     log:
-        RESULTS / "logs" / "ingest.log",
+        layout.log(RESULTS, "ingest"),
     conda:
         "../envs/data.yaml"
     shell:
@@ -25,15 +25,15 @@ rule ingest:
 
 rule plot_patches:
     input:
-        RESULTS / "patches.zarr",
+        layout.patches(RESULTS),
     output:
         report(
-            RESULTS / "figures" / "patches.png",
+            layout.figures(RESULTS) / layout.PATCHES_FIGURE,
             caption="../report/patches.rst",
             category="Data",
         ),
     log:
-        RESULTS / "logs" / "plot_patches.log",
+        layout.log(RESULTS, "plot_patches"),
     conda:
         "../envs/data.yaml"
     shell:

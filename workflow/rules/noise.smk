@@ -4,9 +4,9 @@
 
 rule add_noise:
     input:
-        RESULTS / "patches.zarr",
+        layout.patches(RESULTS),
     output:
-        directory(RESULTS / "{level}" / "patches.zarr"),
+        directory(layout.level_patches(RESULTS, "{level}")),
     params:
         # Only this level's own keys: editing another level must not rerun this one.
         config=lambda wildcards: json.dumps(
@@ -17,7 +17,7 @@ rule add_noise:
         mem_mb=2000,
         runtime=30,
     log:
-        RESULTS / "logs" / "add_noise_{level}.log",
+        layout.log(RESULTS, "add_noise_{level}"),
     conda:
         "../envs/data.yaml"
     shell:

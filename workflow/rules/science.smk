@@ -5,10 +5,10 @@
 rule explain:
     input:
         unpack(sop_segments),
-        patches=RESULTS / "{level}" / "patches.zarr",
-        sop=RESULTS / "{level}" / "models" / "sop" / "model.safetensors",
+        patches=layout.level_patches(RESULTS, "{level}"),
+        sop=layout.model_dir(RESULTS, "{level}", "sop") / layout.WEIGHTS,
     output:
-        directory(RESULTS / "{level}" / "explanations.zarr"),
+        directory(layout.explanations(RESULTS, "{level}")),
     params:
         config=config_json("explain"),
         sop_dir=lambda wildcards, input: Path(input.sop).parent,
@@ -20,7 +20,7 @@ rule explain:
         runtime=60,
         gpu=config["training"]["gpus"],
     log:
-        RESULTS / "logs" / "explain_{level}.log",
+        layout.log(RESULTS, "explain_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -30,13 +30,13 @@ rule explain:
 
 rule structures:
     input:
-        explanations=RESULTS / "{level}" / "explanations.zarr",
-        patches=RESULTS / "{level}" / "patches.zarr",
+        explanations=layout.explanations(RESULTS, "{level}"),
+        patches=layout.level_patches(RESULTS, "{level}"),
     output:
-        weights=RESULTS / "{level}" / "science" / "weights.csv",
-        verdicts=RESULTS / "{level}" / "science" / "verdicts.json",
+        weights=layout.science_dir(RESULTS, "{level}") / layout.WEIGHTS_CSV,
+        verdicts=layout.science_dir(RESULTS, "{level}") / layout.VERDICTS,
         histograms=report(
-            RESULTS / "{level}" / "science" / "weight_histograms.png",
+            layout.science_dir(RESULTS, "{level}") / layout.WEIGHT_HISTOGRAMS,
             caption="../report/weight_histograms.rst",
             category="Voids and clusters",
             subcategory="{level}",
@@ -45,7 +45,7 @@ rule structures:
         config=config_json("structures"),
         out_dir=lambda wildcards, output: Path(output.weights).parent,
     log:
-        RESULTS / "logs" / "structures_{level}.log",
+        layout.log(RESULTS, "structures_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -56,15 +56,15 @@ rule structures:
 
 rule faithfulness:
     input:
-        explanations=RESULTS / "{level}" / "explanations.zarr",
-        patches=RESULTS / "{level}" / "patches.zarr",
-        segments=RESULTS / "{level}" / "segments.zarr",
-        backbone=RESULTS / "{level}" / "models" / "backbone" / "model.safetensors",
-        xdnn=RESULTS / "{level}" / "models" / "xdnn" / "model.safetensors",
+        explanations=layout.explanations(RESULTS, "{level}"),
+        patches=layout.level_patches(RESULTS, "{level}"),
+        segments=layout.segments(RESULTS, "{level}"),
+        backbone=layout.model_dir(RESULTS, "{level}", "backbone") / layout.WEIGHTS,
+        xdnn=layout.model_dir(RESULTS, "{level}", "xdnn") / layout.WEIGHTS,
     output:
-        table=RESULTS / "{level}" / "science" / "faithfulness.csv",
+        table=layout.science_dir(RESULTS, "{level}") / layout.FAITHFULNESS_CSV,
         curves=report(
-            RESULTS / "{level}" / "science" / "faithfulness_curves.png",
+            layout.science_dir(RESULTS, "{level}") / layout.FAITHFULNESS_CURVES,
             caption="../report/faithfulness.rst",
             category="Faithfulness",
             subcategory="{level}",
@@ -80,7 +80,7 @@ rule faithfulness:
         runtime=120,
         gpu=config["training"]["gpus"],
     log:
-        RESULTS / "logs" / "faithfulness_{level}.log",
+        layout.log(RESULTS, "faithfulness_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -92,9 +92,9 @@ rule faithfulness:
 
 rule summary_statistics:
     input:
-        RESULTS / "{level}" / "patches.zarr",
+        layout.level_patches(RESULTS, "{level}"),
     output:
-        RESULTS / "{level}" / "summary_statistics.json",
+        layout.summary_statistics(RESULTS, "{level}"),
     params:
         config=config_json("summary_statistics"),
     threads: workflow.cores
@@ -102,7 +102,7 @@ rule summary_statistics:
         mem_mb=4000,
         runtime=60,
     log:
-        RESULTS / "logs" / "summary_statistics_{level}.log",
+        layout.log(RESULTS, "summary_statistics_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -114,13 +114,13 @@ rule report:
     input:
         science_outputs(),
     output:
-        report(RESULTS / "report.html", caption="../report/report.rst", category="Report"),
+        report(layout.report(RESULTS), caption="../report/report.rst", category="Report"),
     params:
         config=json.dumps(config, sort_keys=True),
         levels=NOISE_LEVELS,
         results=RESULTS,
     log:
-        RESULTS / "logs" / "report.log",
+        layout.log(RESULTS, "report"),
     conda:
         "../envs/models.yaml"
     shell:

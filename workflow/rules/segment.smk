@@ -4,9 +4,9 @@
 
 rule segment:
     input:
-        RESULTS / "{level}" / "patches.zarr",
+        layout.level_patches(RESULTS, "{level}"),
     output:
-        directory(RESULTS / "{level}" / "segments.zarr"),
+        directory(layout.segments(RESULTS, "{level}")),
     params:
         config=config_json("segmentation"),
     threads: workflow.cores
@@ -14,7 +14,7 @@ rule segment:
         mem_mb=2000,
         runtime=30,
     log:
-        RESULTS / "logs" / "segment_{level}.log",
+        layout.log(RESULTS, "segment_{level}"),
     conda:
         "../envs/data.yaml"
     shell:
@@ -24,17 +24,17 @@ rule segment:
 
 rule plot_segments:
     input:
-        patches=RESULTS / "{level}" / "patches.zarr",
-        segments=RESULTS / "{level}" / "segments.zarr",
+        patches=layout.level_patches(RESULTS, "{level}"),
+        segments=layout.segments(RESULTS, "{level}"),
     output:
         report(
-            RESULTS / "{level}" / "figures" / "segments.png",
+            layout.level_figures(RESULTS, "{level}") / layout.SEGMENTS_FIGURE,
             caption="../report/segments.rst",
             category="Data",
             subcategory="{level}",
         ),
     log:
-        RESULTS / "logs" / "plot_segments_{level}.log",
+        layout.log(RESULTS, "plot_segments_{level}"),
     conda:
         "../envs/data.yaml"
     shell:

@@ -16,7 +16,7 @@ rule simulate_mock:
         mem_mb=4000,
         runtime=60,
     log:
-        RESULTS / "logs" / "simulate_mock.log",
+        layout.log(RESULTS, "simulate_mock"),
     conda:
         "../envs/data.yaml"
     shell:
@@ -29,7 +29,7 @@ rule plot_mock_overview:
         metainfo=rules.simulate_mock.output.metainfo,
     output:
         report(
-            RESULTS / "figures" / "mock_overview.png",
+            layout.figures(RESULTS) / layout.MOCK_FIGURE,
             caption="../report/mock_overview.rst",
             category="Data",
         ),
@@ -37,7 +37,7 @@ rule plot_mock_overview:
         config=config_json("mock"),
         root=MOCK_ROOT,
     log:
-        RESULTS / "logs" / "plot_mock_overview.log",
+        layout.log(RESULTS, "plot_mock_overview"),
     conda:
         "../envs/data.yaml"
     shell:

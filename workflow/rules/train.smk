@@ -5,11 +5,11 @@
 
 rule train_backbone:
     input:
-        RESULTS / "{level}" / "patches.zarr",
+        layout.level_patches(RESULTS, "{level}"),
     output:
-        weights=RESULTS / "{level}" / "models" / "{model}" / "model.safetensors",
-        metrics=RESULTS / "{level}" / "models" / "{model}" / "metrics.csv",
-        test=RESULTS / "{level}" / "models" / "{model}" / "test_metrics.json",
+        weights=layout.model_dir(RESULTS, "{level}", "{model}") / layout.WEIGHTS,
+        metrics=layout.model_dir(RESULTS, "{level}", "{model}") / layout.METRICS,
+        test=layout.model_dir(RESULTS, "{level}", "{model}") / layout.TEST_METRICS,
     wildcard_constraints:
         model="backbone|xdnn",
     params:
@@ -22,7 +22,7 @@ rule train_backbone:
         runtime=240,
         gpu=config["training"]["gpus"],
     log:
-        RESULTS / "logs" / "train_{model}_{level}.log",
+        layout.log(RESULTS, "train_{model}_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -34,12 +34,12 @@ rule train_backbone:
 rule train_sop:
     input:
         unpack(sop_segments),
-        patches=RESULTS / "{level}" / "patches.zarr",
-        backbone=RESULTS / "{level}" / "models" / "backbone" / "model.safetensors",
+        patches=layout.level_patches(RESULTS, "{level}"),
+        backbone=layout.model_dir(RESULTS, "{level}", "backbone") / layout.WEIGHTS,
     output:
-        weights=RESULTS / "{level}" / "models" / "sop" / "model.safetensors",
-        metrics=RESULTS / "{level}" / "models" / "sop" / "metrics.csv",
-        test=RESULTS / "{level}" / "models" / "sop" / "test_metrics.json",
+        weights=layout.model_dir(RESULTS, "{level}", "sop") / layout.WEIGHTS,
+        metrics=layout.model_dir(RESULTS, "{level}", "sop") / layout.METRICS,
+        test=layout.model_dir(RESULTS, "{level}", "sop") / layout.TEST_METRICS,
     params:
         config=config_json("training", "sop"),
         backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
@@ -53,7 +53,7 @@ rule train_sop:
         runtime=240,
         gpu=config["training"]["gpus"],
     log:
-        RESULTS / "logs" / "train_sop_{level}.log",
+        layout.log(RESULTS, "train_sop_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -64,16 +64,16 @@ rule train_sop:
 
 rule plot_training:
     input:
-        RESULTS / "{level}" / "models" / "{model}" / "metrics.csv",
+        layout.model_dir(RESULTS, "{level}", "{model}") / layout.METRICS,
     output:
         report(
-            RESULTS / "{level}" / "figures" / "training_{model}.png",
+            layout.training_figure(RESULTS, "{level}", "{model}"),
             caption="../report/training.rst",
             category="Training",
             subcategory="{level}",
         ),
     log:
-        RESULTS / "logs" / "plot_training_{model}_{level}.log",
+        layout.log(RESULTS, "plot_training_{model}_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
