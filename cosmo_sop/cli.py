@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,9 @@ def _read_config(args: argparse.Namespace) -> Config:
 
 
 def _simulate_mock(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.sources.mock.simulate import simulate_mock
+    from cosmo_sop.sources.mock import simulate
 
-    simulate_mock(args.root, config["mock"], seed=config["seed"], workers=args.workers)
+    simulate.run(config, root=args.root, workers=args.workers)
 
 
 def _plot_mock(args: argparse.Namespace, config: Config) -> None:
@@ -62,9 +63,9 @@ def _plot_mock(args: argparse.Namespace, config: Config) -> None:
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.ingest.run import ingest_config
+    from cosmo_sop.ingest import run
 
-    ingest_config(config, root=args.root, output=args.output, workers=args.workers)
+    run.run(config, root=args.root, output=args.output, workers=args.workers)
 
 
 def _plot_patches(args: argparse.Namespace, config: Config) -> None:
@@ -74,18 +75,21 @@ def _plot_patches(args: argparse.Namespace, config: Config) -> None:
 
 
 def _noise(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.noise import add_noise
+    from cosmo_sop import noise
 
-    levels = {level["name"]: level for level in config["noise"]}
-    if args.level not in levels:
-        raise InputError("--level", f"no noise level '{args.level}' in the config ({list(levels)})")
-    add_noise(args.input, args.output, levels[args.level], seed=config["seed"], workers=args.workers)
+    noise.run(
+        config,
+        level=args.level,
+        input_store=args.input,
+        output_store=args.output,
+        workers=args.workers,
+    )
 
 
 def _segment(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.segmentation import segment
+    from cosmo_sop import segmentation
 
-    segment(args.input, args.output, config["segmentation"], workers=args.workers)
+    segmentation.run(config, input_store=args.input, output_store=args.output, workers=args.workers)
 
 
 def _plot_segments(args: argparse.Namespace, config: Config) -> None:
@@ -110,7 +114,12 @@ def _train_sop(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.training.runs import train_sop
 
     train_sop(
-        args.patches, args.segments, args.backbone, args.output, config, restart_stale=args.restart_stale
+        args.patches,
+        args.segments,
+        args.backbone,
+        args.output,
+        config,
+        restart_stale=args.restart_stale,
     )
 
 
@@ -123,60 +132,33 @@ def _plot_training(args: argparse.Namespace, config: Config) -> None:
 def _explain(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.explain import explain_split
 
-    options = config["explain"]
-    explain_split(
-        args.sop,
-        args.patches,
-        args.output,
-        args.segments,
-        split=options["split"],
-        batch_size=options["batch_size"],
-        max_maps=options["max_maps"],
-    )
+    explain_split(args.sop, args.patches, args.output, args.segments, **config["explain"])
 
 
 def _structures(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.structures.run import structure_analysis
+    from cosmo_sop.structures.run import run
 
-    options = config["structures"]
-    structure_analysis(
-        args.explanations,
-        args.patches,
-        args.output_dir,
-        definitions=options["definitions"],
-        n_boot=options["n_boot"],
-        seed=config["seed"],
-        nonzero_only=options["nonzero_only"],
-    )
+    run(config, explanations=args.explanations, patches=args.patches, out_dir=args.output_dir)
 
 
 def _faithfulness(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.faithfulness.run import faithfulness_evaluation
+    from cosmo_sop.faithfulness.run import run
 
-    options = config["evaluation"]
-    samples = {"n_samples": options["n_samples"]}
-    faithfulness_evaluation(
-        args.explanations,
-        args.patches,
-        args.backbone,
-        args.xdnn,
-        args.output_dir,
-        args.segments,
-        methods=options["methods"],
-        n_maps=options["n_maps"],
-        keep_fraction=options["keep_fraction"],
-        method_options={"kernel_shap": samples, "lime": samples},
-        seed=config["seed"],
-        definitions=config["structures"]["definitions"],
-        n_boot=config["structures"]["n_boot"],
+    run(
+        config,
+        explanations=args.explanations,
+        patches=args.patches,
+        backbone=args.backbone,
+        xdnn=args.xdnn,
+        out_dir=args.output_dir,
+        segments=args.segments,
     )
 
 
 def _summary_statistics(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.summary_statistics.features import run_summary_statistics
+    from cosmo_sop.summary_statistics.run import run
 
-    options = {**config["summary_statistics"], "seed": config["seed"]}
-    run_summary_statistics(args.patches, args.output, options, workers=args.workers)
+    run(config, patches=args.patches, output=args.output, workers=args.workers)
 
 
 def _report(args: argparse.Namespace, config: Config) -> None:
@@ -194,6 +176,174 @@ def _show_config(args: argparse.Namespace, config: Config) -> None:
 # --- argument parsing --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its entry, its help, and its options (each a (flag, help) pair)."""
+
+    name: str
+    entry: Callable[[argparse.Namespace, Config], None]
+    help: str
+    paths: tuple[tuple[str, str], ...] = ()  # required path options
+    optional_paths: tuple[tuple[str, str], ...] = ()
+    words: tuple[tuple[str, str], ...] = ()  # required options taking one word
+    lists: tuple[tuple[str, str], ...] = ()  # required options taking one or more words
+    workers: bool = False
+    restart_stale: bool = False
+
+
+PNG = ("--output", "PNG to write")
+RUN_FOLDER = ("--output", "run folder (weights, metrics)")
+LEVEL_PATCHES = ("--patches", "patch Zarr store of one noise level")
+EXPLAINED = (("--explanations", "explanation store"), ("--patches", "patch store explained"))
+OUTPUT_DIR = ("--output-dir", "folder for tables and figures")
+
+COMMANDS = (
+    Command(
+        "simulate-mock",
+        _simulate_mock,
+        "write the mock CosmoGrid (CosmoGridV1 layout)",
+        paths=(("--root", "folder to write the mock into"),),
+        workers=True,
+    ),
+    Command(
+        "plot-mock",
+        _plot_mock,
+        "figure: mock maps, spectra vs theory, one-point PDFs",
+        paths=(("--root", "mock CosmoGrid folder"), PNG),
+    ),
+    Command(
+        "ingest",
+        _ingest,
+        "HEALPix maps -> flat patches in a Zarr store",
+        paths=(
+            ("--root", "CosmoGridV1 (or mock) root folder"),
+            ("--output", "Zarr store to write"),
+        ),
+        workers=True,
+    ),
+    Command(
+        "plot-patches",
+        _plot_patches,
+        "figure: example patches per tomographic bin",
+        paths=(("--input", "patch Zarr store"), PNG),
+    ),
+    Command(
+        "noise",
+        _noise,
+        "add shape noise (one configured level) to a patch store",
+        paths=(("--input", "noiseless patch Zarr store"), ("--output", "Zarr store to write")),
+        words=(("--level", "name of the noise level in config 'noise'"),),
+        workers=True,
+    ),
+    Command(
+        "segment",
+        _segment,
+        "segment every patch (watershed, patch grid or SLIC)",
+        paths=(("--input", "patch Zarr store"), ("--output", "segments Zarr store to write")),
+        workers=True,
+    ),
+    Command(
+        "plot-segments",
+        _plot_segments,
+        "figure: example patches with segment boundaries",
+        paths=(("--patches", "patch Zarr store"), ("--segments", "segments Zarr store"), PNG),
+    ),
+    Command(
+        "train-backbone",
+        _train_backbone,
+        "train the CNN backbone on a patch store (resumes if interrupted)",
+        paths=(LEVEL_PATCHES, RUN_FOLDER),
+        restart_stale=True,
+    ),
+    Command(
+        "train-xdnn",
+        _train_backbone,
+        "train its bias-free X-DNN twin on a patch store (resumes if interrupted)",
+        paths=(LEVEL_PATCHES, RUN_FOLDER),
+        restart_stale=True,
+    ),
+    Command(
+        "train-sop",
+        _train_sop,
+        "train the Sum-of-Parts model around a trained backbone",
+        paths=(LEVEL_PATCHES, ("--backbone", "run folder of the trained backbone"), RUN_FOLDER),
+        optional_paths=(("--segments", "its segments Zarr store (for sop.tokens: segments)"),),
+        restart_stale=True,
+    ),
+    Command(
+        "plot-training",
+        _plot_training,
+        "figure: training and validation loss per epoch",
+        paths=(("--metrics", "metrics.csv of a run"), PNG),
+    ),
+    Command(
+        "explain",
+        _explain,
+        "store the trained SOP model's explanations of a split",
+        paths=(
+            ("--sop", "run folder of the trained SOP model"),
+            ("--patches", "patch store it was trained on"),
+            ("--output", "explanation Zarr store to write"),
+        ),
+        optional_paths=(("--segments", "segments store (for sop.tokens: segments)"),),
+    ),
+    Command(
+        "structures",
+        _structures,
+        "voids and clusters among SOP's groups, and their weights",
+        paths=(*EXPLAINED, OUTPUT_DIR),
+    ),
+    Command(
+        "faithfulness",
+        _faithfulness,
+        "insertion/deletion tests of SOP against post-hoc baselines",
+        paths=(*EXPLAINED, ("--backbone", "run folder of the backbone"), OUTPUT_DIR),
+        optional_paths=(
+            ("--xdnn", "run folder of the X-DNN twin (for X-Gradient)"),
+            ("--segments", "segments store (KernelSHAP and LIME features)"),
+        ),
+    ),
+    Command(
+        "summary-statistics",
+        _summary_statistics,
+        "power spectra + peak counts -> regressor",
+        paths=(
+            ("--patches", "patch store of one noise level"),
+            ("--output", "JSON to write (.npz beside it)"),
+        ),
+        workers=True,
+    ),
+    Command(
+        "report",
+        _report,
+        "the HTML report of a run",
+        paths=(("--results", "results folder"), ("--output", "HTML file to write")),
+        lists=(("--levels", "noise levels, in display order"),),
+    ),
+    Command("config", _show_config, "print the validated config with every default filled in"),
+)
+
+
+def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
+    p = sub.add_parser(command.name, help=command.help, description=command.help)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    source.add_argument("--config-json", help="config keys as a JSON object")
+    for flag, help in command.paths:
+        p.add_argument(flag, type=Path, required=True, help=help)
+    for flag, help in command.optional_paths:
+        p.add_argument(flag, type=Path, help=help)
+    for flag, help in command.words:
+        p.add_argument(flag, required=True, help=help)
+    for flag, help in command.lists:
+        p.add_argument(flag, nargs="+", required=True, help=help)
+    if command.workers:
+        p.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
+    if command.restart_stale:
+        p.add_argument("--restart-stale", action="store_true", help=RESTART_HELP)
+    p.set_defaults(func=command.entry)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cosmo-sop",
@@ -201,92 +351,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"cosmo-sop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, func: Callable, help: str, workers: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        source = p.add_mutually_exclusive_group()
-        source.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
-        source.add_argument("--config-json", help="config keys as a JSON object")
-        if workers:
-            p.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
-        p.set_defaults(func=func)
-        return p
-
-    p = command("simulate-mock", _simulate_mock, "write the mock CosmoGrid (CosmoGridV1 layout)", True)
-    p.add_argument("--root", type=Path, required=True, help="folder to write the mock into")
-
-    p = command("plot-mock", _plot_mock, "figure: mock maps, spectra vs theory, one-point PDFs")
-    p.add_argument("--root", type=Path, required=True, help="mock CosmoGrid folder")
-    p.add_argument("--output", type=Path, required=True, help="PNG to write")
-
-    p = command("ingest", _ingest, "HEALPix maps -> flat patches in a Zarr store", True)
-    p.add_argument("--root", type=Path, required=True, help="CosmoGridV1 (or mock) root folder")
-    p.add_argument("--output", type=Path, required=True, help="Zarr store to write")
-
-    p = command("plot-patches", _plot_patches, "figure: example patches per tomographic bin")
-    p.add_argument("--input", type=Path, required=True, help="patch Zarr store")
-    p.add_argument("--output", type=Path, required=True, help="PNG to write")
-
-    p = command("noise", _noise, "add shape noise (one configured level) to a patch store", True)
-    p.add_argument("--input", type=Path, required=True, help="noiseless patch Zarr store")
-    p.add_argument("--output", type=Path, required=True, help="Zarr store to write")
-    p.add_argument("--level", required=True, help="name of the noise level in config 'noise'")
-
-    p = command("segment", _segment, "segment every patch (watershed, patch grid or SLIC)", True)
-    p.add_argument("--input", type=Path, required=True, help="patch Zarr store")
-    p.add_argument("--output", type=Path, required=True, help="segments Zarr store to write")
-
-    p = command("plot-segments", _plot_segments, "figure: example patches with segment boundaries")
-    p.add_argument("--patches", type=Path, required=True, help="patch Zarr store")
-    p.add_argument("--segments", type=Path, required=True, help="segments Zarr store")
-    p.add_argument("--output", type=Path, required=True, help="PNG to write")
-
-    for name, what in (("train-backbone", "the CNN backbone"), ("train-xdnn", "its bias-free X-DNN twin")):
-        p = command(name, _train_backbone, f"train {what} on a patch store (resumes if interrupted)")
-        p.add_argument("--patches", type=Path, required=True, help="patch Zarr store of one noise level")
-        p.add_argument("--output", type=Path, required=True, help="run folder (weights, metrics)")
-        p.add_argument("--restart-stale", action="store_true", help=RESTART_HELP)
-
-    p = command("train-sop", _train_sop, "train the Sum-of-Parts model around a trained backbone")
-    p.add_argument("--patches", type=Path, required=True, help="patch Zarr store of one noise level")
-    p.add_argument("--segments", type=Path, help="its segments Zarr store (for sop.tokens: segments)")
-    p.add_argument("--backbone", type=Path, required=True, help="run folder of the trained backbone")
-    p.add_argument("--output", type=Path, required=True, help="run folder (weights, metrics)")
-    p.add_argument("--restart-stale", action="store_true", help=RESTART_HELP)
-
-    p = command("plot-training", _plot_training, "figure: training and validation loss per epoch")
-    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv of a run")
-    p.add_argument("--output", type=Path, required=True, help="PNG to write")
-
-    p = command("explain", _explain, "store the trained SOP model's explanations of a split")
-    p.add_argument("--sop", type=Path, required=True, help="run folder of the trained SOP model")
-    p.add_argument("--patches", type=Path, required=True, help="patch store it was trained on")
-    p.add_argument("--segments", type=Path, help="segments store (for sop.tokens: segments)")
-    p.add_argument("--output", type=Path, required=True, help="explanation Zarr store to write")
-
-    p = command("structures", _structures, "voids and clusters among SOP's groups, and their weights")
-    p.add_argument("--explanations", type=Path, required=True, help="explanation store")
-    p.add_argument("--patches", type=Path, required=True, help="patch store explained")
-    p.add_argument("--output-dir", type=Path, required=True, help="folder for tables and figures")
-
-    p = command("faithfulness", _faithfulness, "insertion/deletion tests of SOP against post-hoc baselines")
-    p.add_argument("--explanations", type=Path, required=True, help="explanation store")
-    p.add_argument("--patches", type=Path, required=True, help="patch store explained")
-    p.add_argument("--backbone", type=Path, required=True, help="run folder of the backbone")
-    p.add_argument("--xdnn", type=Path, help="run folder of the X-DNN twin (for X-Gradient)")
-    p.add_argument("--segments", type=Path, help="segments store (KernelSHAP and LIME features)")
-    p.add_argument("--output-dir", type=Path, required=True, help="folder for tables and figures")
-
-    p = command("summary-statistics", _summary_statistics, "power spectra + peak counts -> regressor", True)
-    p.add_argument("--patches", type=Path, required=True, help="patch store of one noise level")
-    p.add_argument("--output", type=Path, required=True, help="JSON to write (.npz beside it)")
-
-    p = command("report", _report, "the HTML report of a run")
-    p.add_argument("--results", type=Path, required=True, help="results folder")
-    p.add_argument("--levels", nargs="+", required=True, help="noise levels, in display order")
-    p.add_argument("--output", type=Path, required=True, help="HTML file to write")
-
-    command("config", _show_config, "print the validated config with every default filled in")
+    for command in COMMANDS:
+        _add_command(sub, command)
     return parser
 
 

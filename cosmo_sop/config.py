@@ -22,8 +22,14 @@ from cosmo_sop.errors import InputError
 SCHEMA_PATH = Path(str(files("cosmo_sop") / "schemas" / "config.schema.yaml"))
 
 
-def validate_config(config: dict[str, Any], where: str | os.PathLike = "config") -> dict[str, Any]:
+def validate_config(
+    config: dict[str, Any], where: str | os.PathLike = "config", *, across_sections: bool = True
+) -> dict[str, Any]:
     """Return a validated copy of ``config`` with every default filled in.
+
+    ``across_sections=False`` skips the checks that compare one section with another (the
+    ingest bins against the mock's redshift bins): for one section on its own, whose
+    neighbours are only defaults.
 
     Raises
     ------
@@ -38,7 +44,7 @@ def validate_config(config: dict[str, Any], where: str | os.PathLike = "config")
         validate(config, str(SCHEMA_PATH), set_default=True)
     except WorkflowError as exc:
         raise InputError(where, _schema_message(exc)) from None
-    _check_consistency(config, where)
+    _check_consistency(config, where, across_sections)
     return config
 
 
@@ -70,19 +76,29 @@ def defaults(section: str) -> Any:
     return copy.deepcopy(value)
 
 
-def with_defaults(section: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def with_defaults(
+    section: str,
+    options: Mapping[str, Any] | list | None = None,
+    *,
+    where: str | os.PathLike | None = None,
+) -> Any:
     """``options`` of one config section, validated by the schema and completed with its
     defaults, for library calls that do not go through :func:`load_config`.
+
+    A list section (``noise``) takes a list: ``with_defaults("noise", [level])[0]`` is one
+    level with its defaults. Checks across sections are left to :func:`validate_config` of a
+    whole config. ``where`` is named in errors (default: the section).
 
     Raises
     ------
     InputError
         Naming the config key that fails the schema.
     """
-    nested: dict[str, Any] = dict(options or {})
+    nested: Any = list(options) if isinstance(options, list) else dict(options or {})
     for key in reversed(section.split(".")):
         nested = {key: nested}
-    value: Any = validate_config(nested, f"config section '{section}'")
+    where = f"config section '{section}'" if where is None else where
+    value: Any = validate_config(nested, where, across_sections=False)
     for key in section.split("."):
         value = value[key]
     return value
@@ -102,7 +118,9 @@ def _schema_message(exc: Exception) -> str:
     return f"config key '{key}' fails the schema: {cause.message}"
 
 
-def _check_consistency(config: dict[str, Any], where: str | os.PathLike) -> None:
+def _check_consistency(
+    config: dict[str, Any], where: str | os.PathLike, across_sections: bool = True
+) -> None:
     """Checks that span several keys, which JSON Schema cannot express."""
     split = config["ingest"]["split"]
     total = split["train"] + split["val"] + split["test"]
@@ -112,11 +130,13 @@ def _check_consistency(config: dict[str, Any], where: str | os.PathLike) -> None
     if len(set(names)) != len(names):
         raise InputError(where, f"config key 'noise' repeats a level name: {names}")
     if config["source"] == "cosmogrid" and not config["cosmogrid"]["root"]:
-        raise InputError(where, "config key 'cosmogrid.root' must be set when source is 'cosmogrid'")
+        raise InputError(
+            where, "config key 'cosmogrid.root' must be set when source is 'cosmogrid'"
+        )
     if config["source"] == "mock":
         n_bins = config["mock"]["redshift"]["n_bins"]
         bad = [b for b in config["ingest"]["bins"] if b > n_bins]
-        if bad:
+        if bad and across_sections:
             raise InputError(
                 where, f"config key 'ingest.bins' asks for bin(s) {bad} but the mock has {n_bins}"
             )

@@ -1,9 +1,11 @@
-"""The explanation store: a trained Sum-of-Parts model's groups and weights for every map of a split.
+"""The explanation store: a trained SOP model's groups and weights for every map of a split.
 
-:func:`explain_split` runs a trained SOP model (:func:`cosmo_sop.model_runs.load_sop`) over one
-split of a patch store, batch by batch, and writes what it predicts and why to one Zarr store
-(``results/<noise level>/explanations.zarr``), the input of the science steps
-(:mod:`cosmo_sop.science`)::
+:func:`explain_split` runs a trained SOP model (:func:`cosmo_sop.models.trained.load_sop`) over
+one split of a patch store, batch by batch, and writes what it predicts and why to one Zarr store
+(``results/<noise level>/explanations.zarr``, :func:`cosmo_sop.layout.explanations`), the input
+of the science steps (:mod:`cosmo_sop.structures.run`, :mod:`cosmo_sop.faithfulness.run`), which
+read it with :func:`open_explanations`, find its maps with :func:`patches_for` and
+:func:`kappa_rows`::
 
     dims        sample, group (m), output ("Om", "s8"), y, x, and segment (S) or token (T)
     prediction  (sample, output)          float64, physical units of Omega_m and sigma_8
@@ -27,8 +29,14 @@ data the model was trained on (noise level, segmentation, tokens).
 Example::
 
     from cosmo_sop.explain import explain_split
-    explain_split("results/noiseless/models/sop", "results/noiseless/patches.zarr",
-                  "results/noiseless/explanations.zarr", "results/noiseless/segments.zarr")
+
+    explain_split(
+        "results/noiseless/models/sop",
+        "results/noiseless/patches.zarr",
+        "results/noiseless/explanations.zarr",
+        "results/noiseless/segments.zarr",
+        batch_size=32,
+    )
 """
 
 from __future__ import annotations
@@ -45,16 +53,26 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from cosmo_sop import __version__
+from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.models.groups import patch_token_map
+from cosmo_sop.layout import WEIGHTS
+from cosmo_sop.models.tokens import patch_token_map
+from cosmo_sop.models.trained import SOPExplanation, TrainedSOP, check_provenance, load_sop
 from cosmo_sop.storage import ZARR_FORMAT, atomic_path, open_zarr
-from cosmo_sop.training.data import SAMPLE_KEYS, EpochBatchSampler, PatchData, collate_batch
-from cosmo_sop.training.runs import WEIGHTS, SOPExplanation, TrainedSOP, check_provenance, load_sop
+from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
+from cosmo_sop.training.data import SAMPLE_KEYS, PatchData
 
 #: Variables every explanation store holds (besides the token membership).
 VARIABLES: tuple[str, ...] = (
-    "prediction", "target", "scores", "partial", "masks", "valid", "pixel_count", "store_index",
-)  # fmt: skip
+    "prediction",
+    "target",
+    "scores",
+    "partial",
+    "masks",
+    "valid",
+    "pixel_count",
+    "store_index",
+)
 
 _DESCRIPTIONS = {
     "prediction": "SOP prediction, physical units; equals sum over groups of scores * partial",
@@ -74,9 +92,7 @@ def explain_split(
     patches_store: str | os.PathLike,
     output_store: str | os.PathLike,
     segments_store: str | os.PathLike | None = None,
-    split: str = "test",
-    batch_size: int = 64,
-    max_maps: int | None = None,
+    **options: Any,
 ) -> Path:
     """Write the explanation store of a trained SOP model on one split of a patch store.
 
@@ -91,13 +107,12 @@ def explain_split(
     segments_store
         Segmentation of the same maps; required when the model groups watershed segments
         (config ``sop.tokens: segments``), ignored for patch tokens.
-    split
-        ``"train"``, ``"val"`` or ``"test"``.
-    batch_size
-        Maps read and explained at a time (bounds memory: the SOP runs ``n_groups`` backbone
-        passes per map).
-    max_maps
-        Explain only the first ``max_maps`` maps of the split (in store order); None: all.
+    **options
+        The config section ``explain``; keys left out take the schema's defaults:
+        ``split`` (``"train"``, ``"val"`` or ``"test"``), ``batch_size`` (maps read and
+        explained at a time; bounds memory, as the SOP runs ``n_groups`` backbone passes per
+        map), ``max_maps`` (explain only the first ``max_maps`` maps of the split, in store
+        order; None: all).
 
     Returns
     -------
@@ -107,34 +122,19 @@ def explain_split(
     Raises
     ------
     InputError
-        If the model or a store is missing or malformed, the model was trained on another noise
-        level, segmentation, patch size or set of bins (naming the model, the store and the
-        setting), or it needs segments that were not given. Nothing is written then.
+        If an option fails the config schema, the model or a store is missing or malformed, the
+        model was trained on another noise level, segmentation, patch size or set of bins
+        (naming the model, the store and the setting), or it needs segments that were not
+        given. Nothing is written then.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError("argument 'batch_size'", f"must be a positive integer, got {batch_size!r}")
-    if max_maps is not None and (
-        isinstance(max_maps, bool) or not isinstance(max_maps, int) or max_maps < 1
-    ):
-        raise InputError("argument 'max_maps'", f"must be a positive integer or None, got {max_maps!r}")
+    options = with_defaults("explain", options)
+    split = options["split"]
     sop = load_sop(sop_dir)
-    model_file = Path(sop_dir) / WEIGHTS
-    if sop.tokens == "segments" and segments_store is None:
-        raise InputError(
-            model_file,
-            "groups watershed segments (sop.tokens = 'segments'): give the segments store "
-            f"of {patches_store} (--segments)",
-        )
-    data = PatchData(patches_store, segments_store if sop.tokens == "segments" else None)
-    check_provenance(sop.sidecar, data, model_file)
-    if tuple(sop.scaler.names) != data.targets:
-        raise InputError(
-            model_file, f"predicts {list(sop.scaler.names)}, the store's targets are {list(data.targets)}"
-        )
-
+    data = _checked_data(sop, Path(sop_dir) / WEIGHTS, patches_store, segments_store)
     rows = data.indices(split)
-    if max_maps is not None:
-        rows = rows[:max_maps]
+    if options["max_maps"] is not None:
+        rows = rows[: options["max_maps"]]
+    batch_size = options["batch_size"]
     dataset = data.dataset(split, sop.scaler, memory_budget_gib=0.0)  # read lazily, by batch
     loader = torch.utils.data.DataLoader(
         dataset,
@@ -151,14 +151,38 @@ def explain_split(
         start = 0
         for batch in tqdm(loader, desc=f"explaining {split} maps", unit="batch"):
             segments = batch.get("segments")
-            parts = _explain(sop, batch["kappa"].numpy(), None if segments is None else segments.numpy(),
-                             data)  # fmt: skip
+            segments = None if segments is None else segments.numpy()
+            parts = _explain(sop, batch["kappa"].numpy(), segments, data)
             stop = start + len(parts.prediction)
             if not np.array_equal(batch["sample"].numpy(), rows[start:stop]):
                 raise RuntimeError("batches out of order")  # a bug, not bad input
-            _batch_dataset(sop, parts, n_members).to_zarr(tmp, region={"sample": slice(start, stop)})
+            region = {"sample": slice(start, stop)}
+            _batch_dataset(sop, parts, n_members).to_zarr(tmp, region=region)
             start = stop
     return Path(output_store)
+
+
+def _checked_data(
+    sop: TrainedSOP,
+    model_file: Path,
+    patches_store: str | os.PathLike,
+    segments_store: str | os.PathLike | None,
+) -> PatchData:
+    """The stores to explain, refused unless they hold the data the model was trained on."""
+    if sop.tokens == "segments" and segments_store is None:
+        raise InputError(
+            model_file,
+            "groups watershed segments (sop.tokens = 'segments'): give the segments store "
+            f"of {patches_store} (--segments)",
+        )
+    data = PatchData(patches_store, segments_store if sop.tokens == "segments" else None)
+    check_provenance(sop.sidecar, data, model_file)
+    if tuple(sop.scaler.names) != data.targets:
+        raise InputError(
+            model_file,
+            f"predicts {list(sop.scaler.names)}, the store's targets are {list(data.targets)}",
+        )
+    return data
 
 
 def _explain(
@@ -205,7 +229,10 @@ def _batch_dataset(sop: TrainedSOP, parts: SOPExplanation, n_members: int) -> xr
             "masks": (("sample", "group", "y", "x"), parts.masks.astype(bool)),
             "valid": (("sample", "group"), parts.valid.astype(bool)),
             "pixel_count": (("sample", "group"), parts.masks.sum(axis=(2, 3)).astype(np.int64)),
-            f"group_{member_dim}s": (("sample", "group", member_dim), _membership(sop, parts, n_members)),
+            f"group_{member_dim}s": (
+                ("sample", "group", member_dim),
+                _membership(sop, parts, n_members),
+            ),
         }
     )
 
@@ -297,7 +324,9 @@ def open_explanations(path: str | os.PathLike) -> xr.Dataset:
     """Open an explanation store lazily, refusing one that lacks a variable of the contract."""
     ds = open_zarr(path, VARIABLES)
     if tuple(ds["scores"].dims) != ("sample", "group", "output"):
-        raise InputError(path, f"scores has dims {ds['scores'].dims}, expected (sample, group, output)")
+        raise InputError(
+            path, f"scores has dims {ds['scores'].dims}, expected (sample, group, output)"
+        )
     if ds.sizes["sample"] == 0:
         raise InputError(path, "holds no explained maps")
     return ds
@@ -313,8 +342,11 @@ def patches_for(
     data = PatchData(patches_store, segments_store)
     rows = np.asarray(explanations["store_index"].values)
     if rows.min() < 0 or rows.max() >= data.n_samples:
-        raise InputError(where, f"store_index reaches row {rows.max()}, {patches_store} has "
-                         f"{data.n_samples} maps: not the patch store these explanations came from")
+        raise InputError(
+            where,
+            f"store_index reaches row {rows.max()}, {patches_store} has "
+            f"{data.n_samples} maps: not the patch store these explanations came from",
+        )
     for key in SAMPLE_KEYS:
         if key not in explanations.coords:
             raise InputError(where, f"lacks the sample coordinate {key!r}")
@@ -323,7 +355,8 @@ def patches_for(
         differ = np.flatnonzero(ours != theirs)
         if differ.size:
             raise InputError(
-                where, f"map {differ[0]} is {key} = {ours[differ[0]]!r}, but row {rows[differ[0]]} "
+                where,
+                f"map {differ[0]} is {key} = {ours[differ[0]]!r}, but row {rows[differ[0]]} "
                 f"of {patches_store} has {theirs[differ[0]]!r}: not the store they were made from",
             )
     now = data.provenance()
@@ -333,7 +366,8 @@ def patches_for(
             made = json.loads(made)
         if made is not None and now.get(key) is not None and made != now.get(key):
             raise InputError(
-                where, f"was made on data with {key} = {json.dumps(made)}, but {patches_store} "
+                where,
+                f"was made on data with {key} = {json.dumps(made)}, but {patches_store} "
                 f"has {json.dumps(now.get(key))}",
             )
     return data
@@ -342,4 +376,3 @@ def patches_for(
 def kappa_rows(data: PatchData, rows: np.ndarray) -> np.ndarray:
     """kappa (len(rows), C, H, W) float32 of the given patch-store rows, read chunk-wise."""
     return np.asarray(data.ds["kappa"].isel(sample=np.asarray(rows)).values)
-

@@ -25,28 +25,24 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-from scipy import ndimage
+import xarray as xr
 from tqdm.auto import tqdm
 from tqdm.dask import TqdmCallback
 
+from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.kappa import smooth_maps
 from cosmo_sop.storage import open_zarr, write_zarr
 
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
-
-#: Boundary handling of the smoothing. Patches are cut from the sphere, so their opposite edges
-#: are unrelated and "wrap" would blend them; "constant" (zero padding) would pull the edge
-#: pixels towards zero and lower their noise, faking structure along the border. "reflect"
-#: (mirror about the edge) keeps the local mean and, to a good approximation, the local variance.
-SMOOTHING_MODE = "reflect"
 
 
 def pixel_noise_sigma(
@@ -147,24 +143,19 @@ def noisy_patches(
     return (kappa + sigma * unit).astype(np.float32, copy=False)
 
 
-def smooth_patches(maps: np.ndarray, sigma_pixels: float) -> np.ndarray:
-    """Gaussian-smooth each patch over its last two axes (y, x); ``sigma_pixels`` in pixels."""
-    if sigma_pixels <= 0:
-        return maps
-    sigma = (0.0,) * (maps.ndim - 2) + (sigma_pixels, sigma_pixels)
-    return ndimage.gaussian_filter(maps, sigma=sigma, mode=SMOOTHING_MODE).astype(
-        maps.dtype, copy=False
-    )
+def level_with_defaults(level: Mapping[str, Any]) -> dict[str, Any]:
+    """One entry of the config's ``noise`` list, checked by the schema and completed with the
+    defaults of its items (``name`` is required).
 
-
-def resolve_level(level: dict[str, Any]) -> dict[str, Any]:
-    """Return ``level`` with the schema defaults filled in, or raise InputError naming the key."""
-    from cosmo_sop.config import validate_config
-
-    if not isinstance(level, dict):
+    Raises
+    ------
+    InputError
+        Naming the level and the config key that fails the schema.
+    """
+    if not isinstance(level, Mapping):
         raise InputError("config key 'noise'", f"a noise level must be a mapping, got {level!r}")
     where = f"noise level {level.get('name', '(unnamed)')!r}"
-    return validate_config({"noise": [level]}, where=where)["noise"][0]
+    return with_defaults("noise", [dict(level)], where=where)[0]
 
 
 def _noisy_block(
@@ -181,13 +172,34 @@ def _noisy_block(
     out = block.astype(np.float32, copy=False)
     if shape_noise:
         out = noisy_patches(out, sigma_pix, sample_generators(seed, level_name, range(start, stop)))
-    return smooth_patches(out, smoothing_sigma_pixels)
+    return smooth_maps(out, smoothing_sigma_pixels)
+
+
+def run(
+    config: Mapping[str, Any],
+    *,
+    level: str,
+    input_store: str | os.PathLike,
+    output_store: str | os.PathLike,
+    workers: int = 1,
+) -> Path:
+    """The ``noise`` step: :func:`add_noise` of the validated config's level named ``level``.
+
+    Raises
+    ------
+    InputError
+        If the config has no noise level of that name.
+    """
+    levels = {entry["name"]: entry for entry in config["noise"]}
+    if level not in levels:
+        raise InputError("--level", f"no noise level '{level}' in the config ({list(levels)})")
+    return add_noise(input_store, output_store, levels[level], seed=config["seed"], workers=workers)
 
 
 def add_noise(
     input_store: str | os.PathLike,
     output_store: str | os.PathLike,
-    level: dict[str, Any],
+    level: Mapping[str, Any],
     seed: int,
     workers: int = 1,
 ) -> Path:
@@ -213,26 +225,12 @@ def add_noise(
         ``noise`` (JSON of the full level) and ``sigma_pix`` (noise std per bin before
         smoothing, kappa units; zeros without shape noise).
     """
-    level = resolve_level(level)
+    level = level_with_defaults(level)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError("config key 'seed'", f"must be a non-negative integer, got {seed!r}")
-    ds = open_zarr(input_store, ("kappa",))
+    ds, pixel_arcmin = _read_patches(input_store)
     kappa = ds["kappa"]
-    if kappa.dims != ("sample", "bin", "y", "x"):
-        raise InputError(input_store, f"kappa has dims {kappa.dims}, expected (sample, bin, y, x)")
-    if "pixel_scale_arcmin" not in ds.attrs:
-        raise InputError(input_store, "attr 'pixel_scale_arcmin' is missing")
-    pixel_arcmin = float(ds.attrs["pixel_scale_arcmin"])
-    if not pixel_arcmin > 0:
-        raise InputError(input_store, f"attr 'pixel_scale_arcmin' = {pixel_arcmin} is not positive")
-    n_bins = kappa.sizes["bin"]
-
-    where = f"config key 'noise[{level['name']}].n_gal_arcmin2'"
-    if level["shape_noise"]:
-        density = galaxy_density_per_bin(level["n_gal_arcmin2"], n_bins, where=where)
-        sigma_pix = pixel_noise_sigma(level["sigma_e"], density, pixel_arcmin)
-    else:
-        sigma_pix = np.zeros(n_bins)
+    sigma_pix = _level_sigma_pix(level, kappa.sizes["bin"], pixel_arcmin)
     smoothing = fwhm_to_sigma_pixels(level["smoothing_fwhm_arcmin"], pixel_arcmin)
 
     data = kappa.data.rechunk({1: -1, 2: -1, 3: -1})
@@ -262,3 +260,26 @@ def add_noise(
         TqdmCallback(desc=f"noise {level['name']}", tqdm_class=tqdm),
     ):
         return write_zarr(out, output_store)
+
+
+def _read_patches(input_store: str | os.PathLike) -> tuple[xr.Dataset, float]:
+    """The patch store (lazy) and its pixel side in arcmin, checked."""
+    ds = open_zarr(input_store, ("kappa",))
+    kappa = ds["kappa"]
+    if kappa.dims != ("sample", "bin", "y", "x"):
+        raise InputError(input_store, f"kappa has dims {kappa.dims}, expected (sample, bin, y, x)")
+    if "pixel_scale_arcmin" not in ds.attrs:
+        raise InputError(input_store, "attr 'pixel_scale_arcmin' is missing")
+    pixel_arcmin = float(ds.attrs["pixel_scale_arcmin"])
+    if not pixel_arcmin > 0:
+        raise InputError(input_store, f"attr 'pixel_scale_arcmin' = {pixel_arcmin} is not positive")
+    return ds, pixel_arcmin
+
+
+def _level_sigma_pix(level: Mapping[str, Any], n_bins: int, pixel_arcmin: float) -> np.ndarray:
+    """Shape-noise standard deviation per bin of a complete level (zeros without noise)."""
+    if not level["shape_noise"]:
+        return np.zeros(n_bins)
+    where = f"config key 'noise[{level['name']}].n_gal_arcmin2'"
+    density = galaxy_density_per_bin(level["n_gal_arcmin2"], n_bins, where=where)
+    return pixel_noise_sigma(level["sigma_e"], density, pixel_arcmin)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +36,12 @@ from skimage.segmentation import relabel_sequential, slic, watershed
 from tqdm.auto import tqdm
 from tqdm.dask import TqdmCallback
 
+from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.kappa import detection_map, smooth_maps
 from cosmo_sop.storage import open_zarr, write_zarr
 
 METHODS = ("watershed", "patch", "slic")
-
-#: Patches are not periodic: mirror at the edges rather than wrap (see cosmo_sop.noise).
-SMOOTHING_MODE = "reflect"
-
-
-def detection_map(kappa: np.ndarray) -> np.ndarray:
-    """The map that is segmented: the mean over bins of each bin's standardised map.
-
-    Parameters
-    ----------
-    kappa
-        Patches of shape (..., bin, y, x).
-
-    Returns
-    -------
-    ndarray
-        Shape (..., y, x), dimensionless (units of each bin's standard deviation). A constant
-        bin (zero standard deviation) contributes zero rather than NaN.
-    """
-    kappa = np.asarray(kappa, dtype=np.float64)
-    centred = kappa - kappa.mean(axis=(-2, -1), keepdims=True)
-    std = centred.std(axis=(-2, -1), keepdims=True)
-    standardised = np.divide(centred, std, out=np.zeros_like(centred), where=std > 0)
-    return standardised.mean(axis=-3)
-
-
-def smooth_maps(images: np.ndarray, sigma_pixels: float) -> np.ndarray:
-    """Gaussian smoothing over the last two axes (y, x), ``sigma_pixels`` in pixels."""
-    if sigma_pixels <= 0:
-        return images
-    sigma = (0.0,) * (images.ndim - 2) + (sigma_pixels, sigma_pixels)
-    return ndimage.gaussian_filter(images, sigma=sigma, mode=SMOOTHING_MODE)
 
 
 def _in_plane(connectivity: int) -> np.ndarray:
@@ -242,8 +213,9 @@ def merge_smallest_segments(labels: np.ndarray, max_segments: int) -> np.ndarray
     return (relabel_sequential(parent[labels] + 1)[0] - 1).astype(np.int32)
 
 
-def segment_maps(images: np.ndarray, config: dict[str, Any]) -> np.ndarray:
-    """Segment a stack of detection maps (sample, y, x) with a resolved ``segmentation`` config.
+def segment_maps(images: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """Segment a stack of detection maps (sample, y, x) with a complete ``segmentation`` config
+    (every key given, e.g. by :func:`cosmo_sop.config.with_defaults`).
 
     Returns
     -------
@@ -272,30 +244,22 @@ def segment_maps(images: np.ndarray, config: dict[str, Any]) -> np.ndarray:
     return labels
 
 
-def segment_map(image: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+def segment_map(image: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
     """Segment one detection map (y, x); see :func:`segment_maps`."""
     return segment_maps(np.asarray(image)[None], config)[0]
 
 
-def segment_patches(kappa: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+def segment_patches(kappa: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
     """Segment patches (sample, bin, y, x) into labels (sample, y, x), int32.
 
-    The map segmented is :func:`detection_map` of each patch.
+    The map segmented is :func:`cosmo_sop.kappa.detection_map` of each patch.
     """
     return segment_maps(detection_map(kappa), config)
 
 
-def resolve_config(seg_config: dict[str, Any] | None) -> dict[str, Any]:
-    """Return ``seg_config`` with schema defaults filled in, or raise InputError naming the key."""
-    from cosmo_sop.config import validate_config
-
-    if seg_config is not None and not isinstance(seg_config, dict):
-        raise InputError("config key 'segmentation'", f"must be a mapping, got {seg_config!r}")
-    return validate_config({"segmentation": seg_config or {}})["segmentation"]
-
-
-def check_config(config: dict[str, Any], shape: tuple[int, int]) -> None:
-    """Checks that need the patch shape; raise InputError naming the config key."""
+def _check_patch_grid(config: Mapping[str, Any], shape: tuple[int, int]) -> None:
+    """The check that needs the patch shape: the squares of method 'patch' must not exceed
+    ``max_segments``; raise InputError naming the config key."""
     if config["method"] == "patch":
         p = config["patch_pixels"]
         n = -(-shape[0] // p) * -(-shape[1] // p)
@@ -307,10 +271,21 @@ def check_config(config: dict[str, Any], shape: tuple[int, int]) -> None:
             )
 
 
+def run(
+    config: Mapping[str, Any],
+    *,
+    input_store: str | os.PathLike,
+    output_store: str | os.PathLike,
+    workers: int = 1,
+) -> Path:
+    """The ``segment`` step: :func:`segment` with the validated config's ``segmentation``."""
+    return segment(input_store, output_store, config["segmentation"], workers=workers)
+
+
 def segment(
     input_store: str | os.PathLike,
     output_store: str | os.PathLike,
-    seg_config: dict[str, Any] | None = None,
+    seg_config: Mapping[str, Any] | None = None,
     workers: int = 1,
 ) -> Path:
     """Segment every patch of ``input_store`` and write ``segments(sample, y, x)``.
@@ -332,16 +307,22 @@ def segment(
     Path
         ``output_store``.
     """
-    config = resolve_config(seg_config)
+    if seg_config is not None and not isinstance(seg_config, Mapping):
+        raise InputError("config key 'segmentation'", f"must be a mapping, got {seg_config!r}")
+    config = with_defaults("segmentation", seg_config, where="config")
     ds = open_zarr(input_store, ("kappa",))
     kappa = ds["kappa"]
     if kappa.dims != ("sample", "bin", "y", "x"):
         raise InputError(input_store, f"kappa has dims {kappa.dims}, expected (sample, bin, y, x)")
-    check_config(config, (kappa.sizes["y"], kappa.sizes["x"]))
+    _check_patch_grid(config, (kappa.sizes["y"], kappa.sizes["x"]))
 
     data = kappa.data.rechunk({1: -1, 2: -1, 3: -1})
     labels = da.map_blocks(
-        segment_patches, data, config, drop_axis=1, dtype=np.int32,
+        segment_patches,
+        data,
+        config,
+        drop_axis=1,
+        dtype=np.int32,
         meta=np.empty((0, 0, 0), dtype=np.int32),
     )
     coords = {k: v for k, v in ds.coords.items() if set(v.dims) <= {"sample", "y", "x"}}

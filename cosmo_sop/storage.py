@@ -83,7 +83,6 @@ def open_zarr(path: str | os.PathLike, variables: tuple[str, ...] = ()) -> xr.Da
     return ds
 
 
-
 # --------------------------------------------------------------------------------------------
 # Records: the one JSON writer and the one CSV writer of cosmo-sop (and their readers)
 
@@ -108,7 +107,9 @@ def _jsonable(value: Any) -> Any:
 def json_text(content: Any, *, indent: int | None = 2, sort_keys: bool = False) -> str:
     """``content`` as strict JSON text (NaN and infinity refused: pass them through
     :func:`finite_or_none`); numpy values, tensors and paths are converted."""
-    return json.dumps(content, indent=indent, sort_keys=sort_keys, allow_nan=False, default=_jsonable)
+    return json.dumps(
+        content, indent=indent, sort_keys=sort_keys, allow_nan=False, default=_jsonable
+    )
 
 
 def write_json(path: str | os.PathLike, content: Any, *, sort_keys: bool = False) -> Path:
@@ -130,7 +131,9 @@ def read_json(path: str | os.PathLike) -> Any | None:
         raise InputError(path, f"not a readable JSON file ({exc})") from None
 
 
-def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+def write_csv(
+    path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> Path:
     """Write a header row and ``rows`` (values as given: format floats before) atomically."""
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:

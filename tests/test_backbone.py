@@ -6,18 +6,13 @@ import json
 
 import pytest
 import torch
+from fixtures.models import float64_model as build
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.models.backbone import ConvRegressor, block_output_sizes, xdnn
-
-
-def build(seed: int, *args, factory=ConvRegressor, **kwargs) -> ConvRegressor:
-    """A float64 network in eval mode, initialised from its own seed (global RNG untouched)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return factory(*args, **kwargs).double().eval()
+from cosmo_sop.models import ConvRegressor, xdnn
+from cosmo_sop.models.backbone import block_output_sizes
 
 
 def maps(seed: int, batch: int, channels: int, size: int) -> torch.Tensor:

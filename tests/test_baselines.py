@@ -1,4 +1,4 @@
-"""Post-hoc attribution baselines (cosmo_sop.attribution.baselines) on a tiny backbone."""
+"""Post-hoc attribution baselines (cosmo_sop.attribution) on a tiny backbone."""
 
 from __future__ import annotations
 
@@ -8,23 +8,26 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures.models import TINY_BACKBONE
+from fixtures.models import tiny_backbone as backbone
+from fixtures.models import tiny_xdnn as xdnn
 from torch import nn
 
-from cosmo_sop.attribution.registry import (
+from cosmo_sop.attribution import (
     METHODS,
+    WeightedLeastSquares,
     attribute,
     pixel_importance,
     sop_attribution,
+    x_gradient,
 )
-from cosmo_sop.attribution.xgradient import x_gradient
 from cosmo_sop.errors import InputError
 from cosmo_sop.models.backbone import ConvRegressor
 from cosmo_sop.models.sop import SumOfParts
 
-SIDE = 16  # 16 -conv3-> 14 -pool-> 7 -conv3-> 5 -pool-> 2
-CHANNELS = 2
+SIDE = TINY_BACKBONE["input_size"]  # 16 -conv3-> 14 -pool-> 7 -conv3-> 5 -pool-> 2
+CHANNELS = 2  # the channels of tiny_backbone and tiny_xdnn
 BATCH = 3
-ARCHITECTURE = dict(input_size=SIDE, widths=(4, 8), kernel_size=3, hidden=(8,))
 #: Cheap settings for the sampling methods, so the whole file stays fast.
 FAST = {
     "integrated_gradients": {"n_steps": 16},
@@ -32,18 +35,6 @@ FAST = {
     "kernel_shap": {"n_samples": 64},
     "lime": {"n_samples": 64},
 }
-
-
-def backbone(seed: int = 0, **kwargs) -> ConvRegressor:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return ConvRegressor(CHANNELS, **{**ARCHITECTURE, **kwargs})
-
-
-def xdnn(seed: int = 0) -> ConvRegressor:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return ConvRegressor.xdnn(CHANNELS, **ARCHITECTURE)
 
 
 def maps(seed: int = 1, batch: int = BATCH) -> torch.Tensor:
@@ -279,6 +270,41 @@ def test_segment_labels_need_not_be_contiguous():
     torch.testing.assert_close(sparse, contiguous, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:kernel_shap. n_samples=16 is below")
+def test_kernel_shap_is_deterministic_when_its_fit_is_rank_deficient():
+    # 16 samples for 16 segments + intercept: the fit is rank deficient, as in the tiny workflow
+    # (12 segments, 16 samples). torch's CPU lstsq(driver="gelsy") reads an uninitialised pivot
+    # array, so the same call gave different attributions depending on stale memory.
+    model, x, segments = backbone(), maps(batch=24), block_segments(batch=24)
+    first, second, third = (
+        attribute("kernel_shap", model, x, 0, segments, n_samples=16, seed=0) for _ in range(3)
+    )
+    assert torch.equal(first, second) and torch.equal(first, third)
+
+
+def test_weighted_least_squares_is_deterministic_and_minimum_norm():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randint(0, 2, (24, 40), generator=generator).to(torch.float64)
+    outputs = torch.randn(24, generator=generator, dtype=torch.float64)
+    weights = torch.rand(24, generator=generator, dtype=torch.float64) + 0.5
+    fits = []
+    for trial in range(8):
+        # Freed integer buffers of the size of the pivot array that "gelsy" read uninitialised.
+        junk = [torch.full((40 + k,), trial + 1, dtype=torch.int32) for k in range(8)]
+        del junk
+        model = WeightedLeastSquares(alpha=0.0)
+        model.fit([(features, outputs, weights)])
+        fits.append(model.representation()[0])
+    assert all(torch.equal(fit, fits[0]) for fit in fits)
+    root = weights.sqrt()[:, None]
+    feature_mean = (weights[:, None] * features).sum(0) / weights.sum()
+    output_mean = (weights * outputs).sum() / weights.sum()
+    expected = torch.linalg.pinv(root * (features - feature_mean)) @ (
+        root[:, 0] * (outputs - output_mean)
+    )
+    torch.testing.assert_close(fits[0], expected, rtol=0, atol=1e-10)
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
@@ -322,9 +348,15 @@ def test_sop_attribution_is_the_score_weighted_sum_of_group_masks():
     with torch.random.fork_rng():
         torch.manual_seed(14)
         sop = SumOfParts.from_backbone(
-            backbone(14), (CHANNELS, SIDE, SIDE), encoder_blocks=1, tokens="segments",
-            n_heads=2, d_model=8, n_groups=4, keep_fraction=0.3,
-        ).eval()  # fmt: skip
+            backbone(14),
+            (CHANNELS, SIDE, SIDE),
+            encoder_blocks=1,
+            tokens="segments",
+            n_heads=2,
+            d_model=8,
+            n_groups=4,
+            keep_fraction=0.3,
+        ).eval()
     segments = block_segments(4)
     with torch.no_grad():
         explanation = sop.explain(maps(15), segments)

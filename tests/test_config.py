@@ -74,7 +74,30 @@ def test_cli_reports_invalid_yaml(tmp_path):
 
 
 def test_schema_default_structures_are_the_library_defaults():
-    from cosmo_sop.structures.classify import DEFAULT_DEFINITIONS, parse_definitions
+    import numpy as np
 
-    config = validate_config({})
-    assert parse_definitions(config["structures"]["definitions"]) == DEFAULT_DEFINITIONS
+    from cosmo_sop.structures import (
+        DEFAULT_DEFINITIONS,
+        classify,
+        group_statistics,
+        parse_definitions,
+        purity_table,
+        sigma_map,
+        weight_table,
+    )
+
+    options = validate_config({})["structures"]
+    # the library's default definitions are the schema's items, exactly (they round-trip)
+    assert parse_definitions(options["definitions"]) == DEFAULT_DEFINITIONS
+    assert parse_definitions(None) == DEFAULT_DEFINITIONS
+    assert [d.to_config() for d in DEFAULT_DEFINITIONS] == options["definitions"]
+    # library calls without options take the schema's bootstrap settings
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 4, 8, 8)) < 0.3
+    membership = classify(group_statistics(sigma_map(rng.random((3, 1, 8, 8))), masks))
+    table = weight_table(rng.dirichlet(np.ones(4), size=(3, 2)).transpose(0, 2, 1), membership)
+    assert table.attrs["n_boot"] == options["n_boot"]
+    assert table.attrs["nonzero_only"] == int(options["nonzero_only"])
+    assert purity_table({"sop": np.full((3, 2), 0.5)}).attrs["n_boot"] == options["n_boot"]
+    # the workflow resamples maps one by one unless the config says otherwise
+    assert options["bootstrap_blocks"] == "map"

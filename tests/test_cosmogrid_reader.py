@@ -53,7 +53,8 @@ def test_list_maps_all(release):
     np.testing.assert_array_equal([m.s8 for m in maps], np.repeat(table["s8"], 3))
     first = maps[4]
     assert first.path == (
-        release.root / "stage3_forecast/grid/cosmo_000002/perm_0001"
+        release.root
+        / "stage3_forecast/grid/cosmo_000002/perm_0001"
         / "projected_probes_maps_nobaryons512.h5"
     )
 
@@ -63,8 +64,11 @@ def test_select_first_n_and_list(release):
     assert [m.cosmology for m in maps] == ["cosmo_000001", "cosmo_000002"]
     maps = cosmogrid.list_maps(release.root, "grid", ["cosmo_000004", "cosmo_000002"], [2, 0])
     assert [(m.cosmology, m.perm) for m in maps] == [
-        ("cosmo_000004", 2), ("cosmo_000004", 0), ("cosmo_000002", 2), ("cosmo_000002", 0),
-    ]  # fmt: skip
+        ("cosmo_000004", 2),
+        ("cosmo_000004", 0),
+        ("cosmo_000002", 2),
+        ("cosmo_000002", 0),
+    ]
     om = {c: om for c, om in zip(release.ids(), release.parameters["grid"]["Om"], strict=True)}
     assert maps[0].Om == om["cosmo_000004"]
 

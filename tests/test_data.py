@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from fixtures.stores import draw_cosmologies, write_patch_store, write_segments_store
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.storage import write_zarr
-from cosmo_sop.training.data import (
+from cosmo_sop.models import LabelScaler
+from cosmo_sop.training import (
     EpochBatchSampler,
-    LabelScaler,
     PatchData,
     augment_batch,
     collate_batch,
@@ -28,18 +28,7 @@ SPLIT_OF_COSMOLOGY = np.array(
 
 
 def sample_coords(rng: np.random.Generator) -> dict:
-    c = np.repeat(np.arange(N_COSMOLOGIES), N_PATCHES)
-    om, s8 = rng.uniform(0.1, 0.5, N_COSMOLOGIES), rng.uniform(0.4, 1.4, N_COSMOLOGIES)
-    return {
-        "Om": ("sample", om[c]),
-        "s8": ("sample", s8[c]),
-        "cosmology": ("sample", np.array([f"cosmo_{i:06d}" for i in c])),
-        "perm": ("sample", np.zeros(c.size, np.int64)),
-        "patch_lon": ("sample", np.tile([0.0, 120.0, 240.0], N_COSMOLOGIES)),
-        "patch_lat": ("sample", np.zeros(c.size)),
-        "split": ("sample", SPLIT_OF_COSMOLOGY[c]),
-        "patch_index": ("sample", np.tile(np.arange(N_PATCHES, dtype=np.int64), N_COSMOLOGIES)),
-    }
+    return draw_cosmologies(rng, N_COSMOLOGIES, N_PATCHES, splits=SPLIT_OF_COSMOLOGY).coords()
 
 
 def quantile_labels(kappa: np.ndarray) -> np.ndarray:
@@ -54,26 +43,25 @@ def write_stores(tmp_path: Path, segments_coords: dict | None = None) -> tuple[P
     coords = sample_coords(rng)
     n = N_COSMOLOGIES * N_PATCHES
     kappa = rng.standard_normal((n, N_BINS, SIZE, SIZE)).astype(np.float32)
-    patches = xr.Dataset(
-        {"kappa": (("sample", "bin", "y", "x"), kappa)},
-        coords={**coords, "bin": ("bin", np.arange(1, N_BINS + 1, dtype=np.int64))},
-        attrs={
-            "pixel_scale_arcmin": 13.7,
-            "nside": 64,
-            "source": "mock",
-            "noise_level": "stage3",
-            "noise": json.dumps({"name": "stage3", "shape_noise": True}),
-            "sigma_pix": [0.01, 0.02],
-        },
+    patches = write_patch_store(
+        tmp_path / "patches.zarr",
+        kappa,
+        coords,
+        kappa_chunk=CHUNK,
+        noise_level="stage3",
+        noise={"name": "stage3", "shape_noise": True},
+        sigma_pix=[0.01, 0.02],
+        drop=("pixel_scale", "config", "cosmo_sop_version"),
     )
-    patches["kappa"].encoding["chunks"] = (CHUNK, N_BINS, SIZE, SIZE)
-    segments = xr.Dataset(
-        {"segments": (("sample", "y", "x"), quantile_labels(kappa))},
-        coords=segments_coords or coords,
-        attrs={"segmentation": json.dumps({"method": "watershed", "max_segments": 64})},
+    segmentation = {"method": "watershed", "max_segments": 64}
+    segments = write_segments_store(
+        tmp_path / "segments.zarr",
+        quantile_labels(kappa),
+        segments_coords or coords,
+        segmentation,
+        chunk=CHUNK,
     )
-    segments["segments"].encoding["chunks"] = (CHUNK, SIZE, SIZE)
-    return write_zarr(patches, tmp_path / "patches.zarr"), write_zarr(segments, tmp_path / "segments.zarr")
+    return patches, segments
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +92,9 @@ def test_label_scaler_fits_train_split_only_and_round_trips(stores):
     # Every split's dataset is standardised with the same, train-split, scaler.
     val = data.dataset("val")
     assert val.scaler is not None
-    np.testing.assert_allclose(val.targets.numpy(), z[data.indices("val")].astype(np.float32), rtol=1e-6)
+    np.testing.assert_allclose(
+        val.targets.numpy(), z[data.indices("val")].astype(np.float32), rtol=1e-6
+    )
     with pytest.raises(InputError, match="constant"):
         LabelScaler.fit(np.ones((5, 2)))
 
@@ -169,9 +159,7 @@ def test_mismatched_segments_store_is_refused(tmp_path):
 
     other = {key: ("sample", value[1][:-3]) for key, value in coords.items()}
     patches_b, _ = write_stores(tmp_path / "b")
-    xr.Dataset({"segments": (("sample", "y", "x"), np.zeros((27, SIZE, SIZE), np.int32))}, coords=other).pipe(
-        write_zarr, tmp_path / "short.zarr"
-    )
+    write_segments_store(tmp_path / "short.zarr", np.zeros((27, SIZE, SIZE), np.int32), other)
     with pytest.raises(InputError, match="sizes") as info:
         PatchData(patches_b, tmp_path / "short.zarr")
     assert str(patches_b) in str(info.value) and "short.zarr" in str(info.value)
@@ -189,7 +177,9 @@ def test_bad_stores_and_splits(stores, tmp_path):
     assert provenance["n_samples"] == {"train": 18, "val": 6, "test": 6}
     assert PatchData(*stores).provenance()["segmentation"]["method"] == "watershed"
     kappa = xr.open_zarr(stores[0])["kappa"].values.astype(np.float64)
-    np.testing.assert_allclose(data.bin_std(), kappa[data.indices("train")].std(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(
+        data.bin_std(), kappa[data.indices("train")].std(axis=(0, 2, 3)), rtol=1e-12
+    )
     batch = data.dataset("test").__getitems__([0, 1])
     assert "segments" not in batch
 
@@ -219,18 +209,24 @@ def test_augmentation_moves_maps_and_segments_together(stores):
     seen = set()
     for i in range(kappa.shape[0]):
         matches = [
-            e for e in range(8) if np.array_equal(out["kappa"][i].numpy(), numpy_dihedral(kappa[i], e))
+            e
+            for e in range(8)
+            if np.array_equal(out["kappa"][i].numpy(), numpy_dihedral(kappa[i], e))
         ]
         assert matches == [int(out["symmetry"][i])], "not the reported symmetry of the square"
         # The same symmetry moved the segments, and they still label the same pixels of the map.
-        np.testing.assert_array_equal(out["segments"][i].numpy(), numpy_dihedral(segments[i], matches[0]))
+        np.testing.assert_array_equal(
+            out["segments"][i].numpy(), numpy_dihedral(segments[i], matches[0])
+        )
         seen.add(matches[0])
     np.testing.assert_array_equal(out["segments"].numpy(), quantile_labels(out["kappa"].numpy()))
     assert seen == set(range(8))
     # Seeded: the same generator seed gives the same augmentation, another seed another.
     again = augment_batch(batch, torch.Generator().manual_seed(0))
     other = augment_batch(batch, torch.Generator().manual_seed(1))
-    assert torch.equal(again["kappa"], out["kappa"]) and not torch.equal(other["kappa"], out["kappa"])
+    assert torch.equal(again["kappa"], out["kappa"]) and not torch.equal(
+        other["kappa"], out["kappa"]
+    )
 
 
 def test_augmentation_of_non_square_maps_keeps_their_shape():

@@ -27,7 +27,7 @@ SOURCES = sorted(PACKAGE.rglob("*.py"))
 #: a function there that is named like a key of one of its sections must default to that key's
 #: schema default (or to None, or to nothing). Figures take display options, not config.
 SECTIONS = {
-    "sources/cosmogrid.py": ["cosmogrid"],
+    "sources/cosmogrid/": ["cosmogrid"],
     "sources/mock/": ["mock", "mock.redshift", "mock.fiducial"],
     "ingest/": ["ingest"],
     "noise.py": ["noise"],
@@ -42,7 +42,10 @@ SECTIONS = {
 }
 #: Parameters that share a name with a config key but are another knob.
 OTHER_KNOBS = {
-    ("gradient_shap", "n_samples"): "noise samples of GradientSHAP; evaluation.n_samples is KernelSHAP's and LIME's",
+    (
+        "gradient_shap",
+        "n_samples",
+    ): "noise samples of GradientSHAP; evaluation.n_samples is KernelSHAP's and LIME's",
 }
 
 
@@ -67,7 +70,9 @@ SCHEMA_DEFAULTS = _section_defaults(SCHEMA)
 
 def _sections_of(path: Path) -> list[str]:
     relative = path.relative_to(PACKAGE).as_posix()
-    return [s for prefix, sections in SECTIONS.items() if relative.startswith(prefix) for s in sections]
+    return [
+        s for prefix, sections in SECTIONS.items() if relative.startswith(prefix) for s in sections
+    ]
 
 
 def _literal(node: ast.expr) -> tuple[bool, Any]:
@@ -101,14 +106,18 @@ def test_the_sources_and_sections_were_found():
     assert SCHEMA_DEFAULTS["noise"]["sigma_e"] == 0.26
     named = {s for sections in SECTIONS.values() for s in sections}
     assert named <= set(SCHEMA_DEFAULTS), named - set(SCHEMA_DEFAULTS)
-    assert all(any(p.relative_to(PACKAGE).as_posix().startswith(k) for p in SOURCES) for k in SECTIONS)
+    assert all(
+        any(p.relative_to(PACKAGE).as_posix().startswith(k) for p in SOURCES) for k in SECTIONS
+    )
 
 
 def test_no_module_keeps_its_own_table_of_defaults():
     tables = []
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            targets = (
+                node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            )
             if isinstance(node, ast.Assign | ast.AnnAssign):
                 for target in targets:
                     if isinstance(target, ast.Name) and target.id.endswith("_DEFAULTS"):
@@ -130,7 +139,9 @@ def test_keyword_defaults_named_after_config_keys_are_the_schemas():
                 continue
             if not any(_same(value, default) for _, default in stated):
                 schema = ", ".join(f"{where}.{name}={default!r}" for where, default in stated)
-                wrong.append(f"{path.relative_to(PACKAGE)} {function}({name}={value!r}); schema: {schema}")
+                wrong.append(
+                    f"{path.relative_to(PACKAGE)} {function}({name}={value!r}); schema: {schema}"
+                )
     assert not wrong, "\n".join(["keyword defaults that are not the schema's:", *wrong])
 
 
@@ -146,8 +157,14 @@ def test_section_defaults_are_the_schema_file(section):
 
 def test_with_defaults_keeps_given_keys_and_refuses_bad_ones():
     options = with_defaults("training", {"epochs": 3})
-    assert options["epochs"] == 3 and options["mask_probability"] == defaults("training")["mask_probability"]
+    assert (
+        options["epochs"] == 3
+        and options["mask_probability"] == defaults("training")["mask_probability"]
+    )
     with pytest.raises(InputError, match="training.epochs"):
         with_defaults("training", {"epochs": 0})
     defaults("training")["epochs"] = -1  # a copy: the next caller still gets the schema's
-    assert defaults("training")["epochs"] == SCHEMA["properties"]["training"]["properties"]["epochs"]["default"]
+    assert (
+        defaults("training")["epochs"]
+        == SCHEMA["properties"]["training"]["properties"]["epochs"]["default"]
+    )

@@ -8,38 +8,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from test_model_runs import SIZE, tiny_config, write_stores
+from fixtures.runs import SIZE, write_stores
 
 from cosmo_sop import __version__
 from cosmo_sop.errors import InputError
 from cosmo_sop.explain import explain_split
-from cosmo_sop.models.groups import patch_token_map
+from cosmo_sop.models import load_sop, patch_token_map
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.training.runs import load_sop, train_backbone, train_sop
 
 N_GROUPS = 4  # tiny_config's sop.n_groups
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_runs):
     """A backbone and two SOP models (segment and patch tokens) trained on tiny stores."""
-    tmp = tmp_path_factory.mktemp("explain")
-    patches, segments = write_stores(tmp)
-    train_backbone(patches, tmp / "backbone", tiny_config())
-    train_sop(patches, segments, tmp / "backbone", tmp / "sop_segments", tiny_config("segments"))
-    train_sop(patches, None, tmp / "backbone", tmp / "sop_patches", tiny_config("patches"))
-    return tmp, patches, segments
+    tiny_runs("sop")
+    tiny_runs("sop_patches")
+    return tiny_runs.folder, tiny_runs.patches, tiny_runs.segments
 
 
 @pytest.fixture(scope="module")
-def segment_store(runs):
+def segment_store(runs, tmp_path_factory):
     tmp, patches, segments = runs
-    return explain_split(tmp / "sop_segments", patches, tmp / "explanations.zarr", segments,
-                         batch_size=5)  # fmt: skip
+    out = tmp_path_factory.mktemp("explain") / "explanations.zarr"
+    return explain_split(tmp / "sop", patches, out, segments, batch_size=5)
 
 
 def _no_leftovers(folder: Path, name: str) -> bool:
-    return not any(p.name.startswith(name) or p.name.startswith(f".{name}") for p in folder.iterdir())
+    return not any(
+        p.name.startswith(name) or p.name.startswith(f".{name}") for p in folder.iterdir()
+    )
 
 
 def test_store_follows_the_contract(runs, segment_store):
@@ -50,8 +48,14 @@ def test_store_follows_the_contract(runs, segment_store):
     n = test_rows.size
     n_segments = int(xr.open_zarr(segments).segments.values[test_rows].max()) + 1
 
-    assert dict(ds.sizes) == {"sample": n, "group": N_GROUPS, "output": 2, "y": SIZE, "x": SIZE,
-                              "segment": n_segments}  # fmt: skip
+    assert dict(ds.sizes) == {
+        "sample": n,
+        "group": N_GROUPS,
+        "output": 2,
+        "y": SIZE,
+        "x": SIZE,
+        "segment": n_segments,
+    }
     assert list(ds.output.values) == ["Om", "s8"]
     expected = {
         "prediction": (("sample", "output"), np.float64),
@@ -80,8 +84,9 @@ def test_store_follows_the_contract(runs, segment_store):
     # Each group's pixels are exactly the union of the segments it names.
     labels = xr.open_zarr(segments).segments.values[test_rows]  # (N, H, W)
     members = ds.group_segments.values  # (N, m, S)
-    painted = members[np.arange(n)[:, None, None, None], np.arange(N_GROUPS)[None, :, None, None],
-                      labels[:, None]]  # fmt: skip
+    painted = members[
+        np.arange(n)[:, None, None, None], np.arange(N_GROUPS)[None, :, None, None], labels[:, None]
+    ]
     np.testing.assert_array_equal(painted, ds.masks.values)
 
     # Coordinates are the patch store's rows of the explained maps.
@@ -92,13 +97,13 @@ def test_store_follows_the_contract(runs, segment_store):
     np.testing.assert_array_equal(ds.target.values, truth)
 
     # The same numbers as the model explaining all maps at once (batching changes nothing).
-    sop = load_sop(tmp / "sop_segments")
+    sop = load_sop(tmp / "sop")
     parts = sop.explain(store.kappa.values[test_rows], labels)
     np.testing.assert_allclose(ds.prediction.values, parts.prediction, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(ds.masks.values, parts.masks)
 
     attrs = ds.attrs
-    assert attrs["sop_dir"] == str((tmp / "sop_segments").resolve())
+    assert attrs["sop_dir"] == str((tmp / "sop").resolve())
     assert attrs["tokens"] == "segments" and attrs["n_groups"] == N_GROUPS
     assert attrs["noise_level"] == "noiseless" and attrs["split"] == "test"
     assert json.loads(attrs["segmentation"]) == {"method": "patch", "patch_pixels": 4}
@@ -122,7 +127,7 @@ def test_model_of_another_noise_level_is_refused(runs, tmp_path):
     tmp, _, _ = runs
     patches, segments = write_stores(tmp_path, noise_level="stage3")
     with pytest.raises(InputError, match="noise_level") as error:
-        explain_split(tmp / "sop_segments", patches, tmp_path / "out.zarr", segments)
+        explain_split(tmp / "sop", patches, tmp_path / "out.zarr", segments)
     message = str(error.value)
     assert "model.safetensors" in message and str(patches) in message and "\n" not in message
     assert _no_leftovers(tmp_path, "out.zarr")
@@ -134,23 +139,23 @@ def test_model_of_another_segmentation_is_refused(runs, tmp_path):
     other.attrs["segmentation"] = json.dumps({"method": "watershed", "max_segments": 16})
     other_store = write_zarr(other, tmp_path / "segments.zarr")
     with pytest.raises(InputError, match="segmentation"):
-        explain_split(tmp / "sop_segments", patches, tmp_path / "out.zarr", other_store)
+        explain_split(tmp / "sop", patches, tmp_path / "out.zarr", other_store)
     assert _no_leftovers(tmp_path, "out.zarr")
 
 
 def test_segment_tokens_need_the_segments_store(runs, tmp_path):
     tmp, patches, _ = runs
     with pytest.raises(InputError, match="segments store"):
-        explain_split(tmp / "sop_segments", patches, tmp_path / "out.zarr")
+        explain_split(tmp / "sop", patches, tmp_path / "out.zarr")
     assert _no_leftovers(tmp_path, "out.zarr")
 
 
 def test_bad_arguments_are_refused(runs, tmp_path):
     tmp, patches, segments = runs
     with pytest.raises(InputError, match="batch_size"):
-        explain_split(tmp / "sop_segments", patches, tmp_path / "a.zarr", segments, batch_size=0)
+        explain_split(tmp / "sop", patches, tmp_path / "a.zarr", segments, batch_size=0)
     with pytest.raises(InputError, match="split"):
-        explain_split(tmp / "sop_segments", patches, tmp_path / "a.zarr", segments, split="dev")
+        explain_split(tmp / "sop", patches, tmp_path / "a.zarr", segments, split="dev")
     with pytest.raises(InputError, match="expected sop"):
         explain_split(tmp / "backbone", patches, tmp_path / "a.zarr", segments)
     assert _no_leftovers(tmp_path, "a.zarr")

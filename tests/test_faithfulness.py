@@ -8,14 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from fixtures.models import tiny_backbone
 from torch import nn
 
-from cosmo_sop.faithfulness.curves import (
+from cosmo_sop.attribution import group_pixel_importance
+from cosmo_sop.faithfulness import (
     DEFAULT_FRACTIONS,
     Curve,
     faithfulness_metrics,
     faithfulness_table,
-    group_pixel_importance,
     group_scores_from_importance,
     grouped_insertion_deletion,
     insertion_deletion,
@@ -27,7 +28,6 @@ from cosmo_sop.faithfulness.curves import (
     write_table_csv,
 )
 from cosmo_sop.figures.faithfulness import plot_curves
-from cosmo_sop.models.backbone import ConvRegressor
 from cosmo_sop.models.sop import SumOfParts
 
 SIDE = 10  # 100 pixels per map
@@ -126,8 +126,9 @@ def test_insertion_curve_matches_partial_region_sums():
     counts = np.round(DEFAULT_FRACTIONS * 100).astype(int)
     inserted = partial_sums[:, np.minimum(counts, in_region.size)]
     np.testing.assert_allclose(ins.error, np.abs(inserted - full[:, None]), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dele.error, np.abs(full[:, None] - (full[:, None] - inserted)),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        dele.error, np.abs(full[:, None] - (full[:, None] - inserted)), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_good_ranking_beats_random_and_reversed():
@@ -136,8 +137,7 @@ def test_good_ranking_beats_random_and_reversed():
     good = region_first(regions, 1)
     rankings = {"good": good, "random": random_importance(3), "reversed": -good}
     result = {
-        name: insertion_deletion(model, x, imp, 1, progress=False)
-        for name, imp in rankings.items()
+        name: insertion_deletion(model, x, imp, 1, progress=False) for name, imp in rankings.items()
     }
     ins = {name: pair.insertion.auc for name, pair in result.items()}
     dele = {name: pair.deletion.auc for name, pair in result.items()}
@@ -176,9 +176,16 @@ def test_label_reference_squared_error_and_degenerate_map():
     x = positive_maps()
     labels = model(x).numpy() + 0.5
     ins, _ = insertion_deletion(
-        model, x, random_importance(2), 0, labels=labels, reference="label", error="squared",
-        normalise="none", progress=False,
-    )  # fmt: skip
+        model,
+        x,
+        random_importance(2),
+        0,
+        labels=labels,
+        reference="label",
+        error="squared",
+        normalise="none",
+        progress=False,
+    )
     np.testing.assert_allclose(ins.error, (ins.prediction - labels[:, :1]) ** 2, rtol=1e-12)
     # A map whose prediction equals the substrate's cannot be normalised per map: left out.
     x_degenerate = x.clone()
@@ -196,15 +203,23 @@ def test_chunking_is_identical_to_one_batch_and_counts_calls():
     model, regions = region_model()
     x = positive_maps()
     fractions = np.linspace(0, 1, 11)
-    reference = insertion_deletion(model, x, random_importance(4), 0, fractions=fractions,
-                                   max_batch=10_000, progress=False)  # fmt: skip
+    reference = insertion_deletion(
+        model, x, random_importance(4), 0, fractions=fractions, max_batch=10_000, progress=False
+    )
     assert model.calls == 1
     rows = N_MAPS * (2 + 2 * len(fractions))  # reference rows plus both curves
     assert model.rows == rows
     for max_batch in (1, 7):
         model.calls = 0
-        pair = insertion_deletion(model, x, random_importance(4), 0, fractions=fractions,
-                                  max_batch=max_batch, progress=False)  # fmt: skip
+        pair = insertion_deletion(
+            model,
+            x,
+            random_importance(4),
+            0,
+            fractions=fractions,
+            max_batch=max_batch,
+            progress=False,
+        )
         assert model.calls == math.ceil(rows / max_batch)
         for got, want in zip(pair, reference):
             np.testing.assert_array_equal(got.prediction, want.prediction)
@@ -212,8 +227,7 @@ def test_chunking_is_identical_to_one_batch_and_counts_calls():
 
 
 def test_conv_regressor_chunking_and_determinism():
-    torch.manual_seed(0)
-    model = ConvRegressor(N_BINS, input_size=16, widths=(4, 8), kernel_size=3, hidden=(8,)).eval()
+    model = tiny_backbone(0, N_BINS).eval()
     x = torch.randn(4, N_BINS, 16, 16, generator=torch.Generator().manual_seed(1))
     importance = x.abs().sum(1)
     big = insertion_deletion(model, x, importance, 1, max_batch=4096, progress=False)
@@ -239,8 +253,9 @@ def test_kept_features_mse_zero_for_perfect_ranking():
     assert perfect.n_kept == 20 and perfect.mse == 0.0
     reversed_ = kept_features_mse(model, x, -region_first(regions, 0), labels, 0, progress=False)
     np.testing.assert_allclose(reversed_.squared_error, labels[:, 0] ** 2)  # nothing of R kept
-    half = kept_features_mse(model, x, region_first(regions, 0), labels, 0, keep_fraction=0.1,
-                             progress=False)  # fmt: skip
+    half = kept_features_mse(
+        model, x, region_first(regions, 0), labels, 0, keep_fraction=0.1, progress=False
+    )
     assert half.n_kept == 10 and 0 < half.mse < reversed_.mse
     with pytest.raises(ValueError, match="keep_fraction"):
         kept_features_mse(model, x, region_first(regions, 0), labels, 0, keep_fraction=0.0)
@@ -264,8 +279,9 @@ def test_grouped_curves_change_each_pixel_once_and_skip_invalid_groups():
     model, regions = region_model()
     x = positive_maps()
     masks, scores, valid = overlapping_groups()
-    ins, dele = grouped_insertion_deletion(model, x, masks, scores, 1, valid=valid,
-                                           normalise="none", progress=False)  # fmt: skip
+    ins, dele = grouped_insertion_deletion(
+        model, x, masks, scores, 1, valid=valid, normalise="none", progress=False
+    )
     # Order g1, g0, then the skipped groups: the union grows 0 -> 40 -> 60 pixels and stays.
     np.testing.assert_allclose(ins.pixel_fraction, [[0, 0.4, 0.6, 0.6, 0.6]] * N_MAPS)
     np.testing.assert_allclose(ins.position, [0, 0.25, 0.5, 0.75, 1])
@@ -343,13 +359,18 @@ def test_bad_inputs_raise_value_errors_naming_the_shapes():
 
 
 def tiny_sop() -> SumOfParts:
-    torch.manual_seed(0)
-    backbone = ConvRegressor(N_BINS, input_size=16, widths=(4, 8), kernel_size=3, hidden=(8,))
+    backbone = tiny_backbone(0, N_BINS)
     torch.manual_seed(1)
     return SumOfParts.from_backbone(
-        backbone, (N_BINS, 16, 16), encoder_blocks=1, patch_tokens=4, n_heads=2, d_model=8,
-        n_groups=5, keep_fraction=0.25,
-    ).eval()  # fmt: skip
+        backbone,
+        (N_BINS, 16, 16),
+        encoder_blocks=1,
+        patch_tokens=4,
+        n_heads=2,
+        d_model=8,
+        n_groups=5,
+        keep_fraction=0.25,
+    ).eval()
 
 
 def test_sop_metrics_table_csv_and_figure(tmp_path):
@@ -364,11 +385,19 @@ def test_sop_metrics_table_csv_and_figure(tmp_path):
     )
     abs_importance = x.abs().sum(1, keepdim=True).repeat(1, 2, 1, 1)
     results = {
-        "SOP": faithfulness_metrics(sop.backbone, x, sop_importance, labels, **groups,
-                                    group_scores=explanation.scores, progress=False),
-        "|x|": faithfulness_metrics(sop.backbone, x, abs_importance, labels, **groups,
-                                    progress=False),
-    }  # fmt: skip
+        "SOP": faithfulness_metrics(
+            sop.backbone,
+            x,
+            sop_importance,
+            labels,
+            **groups,
+            group_scores=explanation.scores,
+            progress=False,
+        ),
+        "|x|": faithfulness_metrics(
+            sop.backbone, x, abs_importance, labels, **groups, progress=False
+        ),
+    }
     sop_om = results["SOP"]["Om"]
     assert set(sop_om) == {"Ins", "Del", "InsG", "DelG", "MSE top-20%", "sparsity"}
     assert "sparsity" not in results["|x|"]["s8"]
@@ -380,8 +409,15 @@ def test_sop_metrics_table_csv_and_figure(tmp_path):
 
     table = faithfulness_table(results)
     assert list(table.data_vars) == ["Om", "s8"]
-    assert list(table["metric"].values) == [kept_mse_name(0.2), "Ins", "InsG", "Del", "DelG",
-                                            "sparsity", "groups"]  # fmt: skip
+    assert list(table["metric"].values) == [
+        kept_mse_name(0.2),
+        "Ins",
+        "InsG",
+        "Del",
+        "DelG",
+        "sparsity",
+        "groups",
+    ]
     assert list(table["better"].values) == ["lower"] * 3 + ["higher"] * 2 + ["lower"] * 2
     assert table["Om"].sel(metric="Ins", attribution="SOP") == pytest.approx(sop_om["Ins"].auc)
     assert np.isnan(table["s8"].sel(metric="sparsity", attribution="|x|"))
@@ -404,14 +440,20 @@ def test_faithfulness_metrics_equals_separate_calls_in_fewer_model_calls():
     importance = torch.stack([region_first(regions, 0), random_importance(5)], 1)
     masks, scores, valid = overlapping_groups()
     model.calls = 0
-    together = faithfulness_metrics(model, x, importance, labels, masks=masks, valid=valid,
-                                    max_batch=32, progress=False)  # fmt: skip
+    together = faithfulness_metrics(
+        model, x, importance, labels, masks=masks, valid=valid, max_batch=32, progress=False
+    )
     rows = N_MAPS * (2 + 2 * (2 * 21 + 1 + 2 * 5))
     assert model.calls == math.ceil(rows / 32)
     s8 = grouped_insertion_deletion(
-        model, x, masks, group_scores_from_importance(importance[:, 1], masks), 1, valid=valid,
+        model,
+        x,
+        masks,
+        group_scores_from_importance(importance[:, 1], masks),
+        1,
+        valid=valid,
         progress=False,
-    )  # fmt: skip
+    )
     np.testing.assert_array_equal(together["s8"]["DelG"].per_map, s8.deletion.per_map)
     om = insertion_deletion(model, x, importance[:, 0], 0, progress=False)
     np.testing.assert_array_equal(together["Om"]["Ins"].curve, om.insertion.curve)

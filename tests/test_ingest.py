@@ -16,20 +16,18 @@ from cosmo_sop import __version__
 from cosmo_sop.config import validate_config
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.patches import example_rows, plot_patches
-from cosmo_sop.ingest.patches import (
+from cosmo_sop.ingest import (
+    aligned_chunk,
     check_patches_disjoint,
     extract_patches,
+    ingest,
     patch_centres,
     patch_diagonal,
     patch_pixel_indices,
-)
-from cosmo_sop.ingest.run import (
-    aligned_chunk,
-    ingest,
-    ingest_config,
     split_cosmologies,
     split_counts,
 )
+from cosmo_sop.ingest.run import run as run_ingest
 from cosmo_sop.sources import cosmogrid
 
 NSIDE = 32
@@ -135,8 +133,10 @@ def test_split_counts():
     assert split_counts(10, fractions) == {"train": 8, "val": 1, "test": 1}
     assert split_counts(3, fractions) == {"train": 1, "val": 1, "test": 1}
     assert split_counts(7, {"train": 0.7, "val": 0.3, "test": 0.0}) == {
-        "train": 5, "val": 2, "test": 0,
-    }  # fmt: skip
+        "train": 5,
+        "val": 2,
+        "test": 0,
+    }
     with pytest.warns(UserWarning, match="test stay empty"):
         assert split_counts(2, fractions) == {"train": 1, "val": 1, "test": 0}
 
@@ -185,9 +185,13 @@ def test_ingest_writes_the_contract(store, release):
     assert ds.kappa.shape == (n_sample, 4, 9, 9) and ds.kappa.dtype == np.float32
     assert ds.kappa.encoding["chunks"] == (6, 4, 9, 9)  # chunk_samples 10 -> half a map
     dtypes = {
-        "Om": np.float64, "s8": np.float64, "perm": np.int64, "patch_index": np.int64,
-        "patch_lon": np.float64, "patch_lat": np.float64,
-    }  # fmt: skip
+        "Om": np.float64,
+        "s8": np.float64,
+        "perm": np.int64,
+        "patch_index": np.int64,
+        "patch_lon": np.float64,
+        "patch_lat": np.float64,
+    }
     for name, dtype in dtypes.items():
         assert ds[name].dims == ("sample",) and ds[name].dtype == dtype, name
     for name in ("cosmology", "split"):
@@ -244,13 +248,19 @@ def test_ingest_is_deterministic(store, release, tmp_path):
 
 
 def test_ingest_config_with_intrinsic_alignment(release, tmp_path):
-    config = validate_config({
-        "source": "cosmogrid",
-        "cosmogrid": {"root": str(release.root), "cosmologies": ["cosmo_000002", "cosmo_000004"],
-                      "perms": [1], "ia_amplitude": 0.5},
-        "ingest": {**INGEST, "bins": [3], "split": {"train": 0.5, "val": 0.5, "test": 0.0}},
-    })  # fmt: skip
-    store = ingest_config(config, root=release.root, output=tmp_path / "ia.zarr")
+    config = validate_config(
+        {
+            "source": "cosmogrid",
+            "cosmogrid": {
+                "root": str(release.root),
+                "cosmologies": ["cosmo_000002", "cosmo_000004"],
+                "perms": [1],
+                "ia_amplitude": 0.5,
+            },
+            "ingest": {**INGEST, "bins": [3], "split": {"train": 0.5, "val": 0.5, "test": 0.0}},
+        }
+    )
+    store = run_ingest(config, root=release.root, output=tmp_path / "ia.zarr")
     ds = xr.open_zarr(store).load()
     assert ds.attrs["source"] == f"cosmogrid:{release.root.resolve()}"
     assert set(json.loads(ds.attrs["config"])) == {"seed", "source", "cosmogrid", "ingest"}
@@ -266,7 +276,7 @@ def test_ingest_config_with_intrinsic_alignment(release, tmp_path):
 
 def test_ingest_config_mock_source(release, tmp_path):
     config = validate_config({"source": "mock", "mock": {"n_perms": 1}, "ingest": INGEST})
-    ds = xr.open_zarr(ingest_config(config, root=release.root, output=tmp_path / "m.zarr"))
+    ds = xr.open_zarr(run_ingest(config, root=release.root, output=tmp_path / "m.zarr"))
     assert ds.sizes["sample"] == 4 * N_PATCH and ds.attrs["source"] == "mock"
     assert set(ds.perm.values.tolist()) == {0}
 
@@ -314,21 +324,29 @@ def _no_ia_group(maps):
 
 @pytest.mark.parametrize(
     "damage",
-    [_nan_in_last_file, _truncated_file, _missing_bin_in_later_file, _other_nside_in_later_file,
-     _missing_file, _no_ia_group],
-)  # fmt: skip
+    [
+        _nan_in_last_file,
+        _truncated_file,
+        _missing_bin_in_later_file,
+        _other_nside_in_later_file,
+        _missing_file,
+        _no_ia_group,
+    ],
+)
 def test_bad_map_file_leaves_no_store(tmp_path, damage):
     release = write_release(tmp_path / "release", n_cosmologies=3, n_perms=2, nside=16)
     maps = cosmogrid.list_maps(release.root, "grid", "all", 2)
     path, problem = damage(maps)
-    config = validate_config({
-        "source": "cosmogrid",
-        "cosmogrid": {"root": str(release.root), "perms": 2, "ia_amplitude": 1.0},
-        "ingest": {**INGEST, "resolution_arcmin": 220.0},
-    })  # fmt: skip
+    config = validate_config(
+        {
+            "source": "cosmogrid",
+            "cosmogrid": {"root": str(release.root), "perms": 2, "ia_amplitude": 1.0},
+            "ingest": {**INGEST, "resolution_arcmin": 220.0},
+        }
+    )
     output = tmp_path / "out" / "patches.zarr"
     with pytest.raises(InputError) as info:
-        ingest_config(config, root=release.root, output=output, workers=2)
+        run_ingest(config, root=release.root, output=output, workers=2)
     assert str(info.value).startswith(f"{path}: ")
     assert problem in str(info.value)
     assert not output.exists()

@@ -7,16 +7,23 @@ import healpy as hp
 import numpy as np
 import pytest
 
-from cosmo_sop.sources.mock.lognormal import (
+from cosmo_sop.sources.mock import (
+    ccl_cosmology,
+    convergence_spectra,
     gaussian_spectra,
     generate_maps,
     lognormal_shifts,
     map_rng,
+    tomographic_nz,
 )
-from cosmo_sop.sources.mock.spectra import ccl_cosmology, convergence_spectra, tomographic_nz
 
 REDSHIFT = {
-    "n_bins": 3, "z_max": 3.0, "z_mode": 0.6, "alpha": 2.0, "beta": 1.5, "photoz_sigma0": 0.05
+    "n_bins": 3,
+    "z_max": 3.0,
+    "z_mode": 0.6,
+    "alpha": 2.0,
+    "beta": 1.5,
+    "photoz_sigma0": 0.05,
 }
 FIDUCIAL = {"H0": 67.36, "Ob": 0.0493, "ns": 0.9649, "w0": -1.0, "wa": 0.0}
 NSIDE, LMAX = 64, 128

@@ -16,15 +16,16 @@ import pytest
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.mock import plot_mock_overview
 from cosmo_sop.sources import cosmogrid
-from cosmo_sop.sources.mock import simulate as mock_module
-from cosmo_sop.sources.mock.design import draw_cosmologies, unit_design
-from cosmo_sop.sources.mock.simulate import (
+from cosmo_sop.sources.mock import (
     PROVENANCE_ATTR,
+    draw_cosmologies,
     metainfo_tables,
+    mock_settings,
     regenerate_map,
-    resolve_mock_config,
     simulate_mock,
+    unit_design,
 )
+from cosmo_sop.sources.mock import simulate as mock_module
 
 SEED = 11
 CONFIG = {"n_cosmologies": 3, "n_perms": 2, "nside": 16, "redshift": {"n_bins": 2}}
@@ -147,7 +148,7 @@ def test_cosmogrid_reader_reads_the_mock(mock_root):
     np.testing.assert_array_equal(
         cosmogrid.read_kappa(records[5].path, [1, 2]), regenerate_map(CONFIG, SEED, 2, 1)
     )
-    parameters, _ = metainfo_tables(resolve_mock_config(CONFIG), SEED)
+    parameters, _ = metainfo_tables(mock_settings(CONFIG), SEED)
     assert (records[5].Om, records[5].s8) == (parameters["Om"][2], parameters["s8"][2])
 
 
@@ -189,8 +190,8 @@ def test_run_killed_midway_leaves_no_metainfo_and_resumes(mock_copy, monkeypatch
             raise KeyboardInterrupt
         write_map(path, maps, provenance)
 
-    write_map = mock_module._write_map
-    monkeypatch.setattr(mock_module, "_write_map", killed_on_second_map)
+    write_map = mock_module.write_map
+    monkeypatch.setattr(mock_module, "write_map", killed_on_second_map)
     with pytest.raises(KeyboardInterrupt):
         simulate_mock(mock_copy, config, SEED)
     assert not (mock_copy / cosmogrid.METAINFO_NAME).exists()  # no index of a half-made mock
@@ -255,7 +256,9 @@ def test_unsimulable_cosmology_is_an_input_error(tmp_path, monkeypatch):
         raise ValueError("Gaussian spectrum for fields (1, 0) did not converge")
 
     monkeypatch.setattr(mock_module, "gaussian_spectra", unreachable)
-    with pytest.raises(InputError, match=r"cosmo_000001 cannot be simulated \(Om=.*did not converge"):
+    with pytest.raises(
+        InputError, match=r"cosmo_000001 cannot be simulated \(Om=.*did not converge"
+    ):
         simulate_mock(tmp_path, CONFIG, SEED)
     assert not (tmp_path / cosmogrid.METAINFO_NAME).exists()
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from fixtures.stores import lognormal_kappa, write_patch_store
 from scipy import ndimage
 
 from cosmo_sop.errors import InputError
@@ -16,44 +17,8 @@ from cosmo_sop.noise import (
     galaxy_density_per_bin,
     pixel_noise_sigma,
 )
-from cosmo_sop.storage import write_zarr
 
 PIXEL_ARCMIN = 5.0
-
-
-def lognormal_kappa(n_samples: int, n_bins: int, size: int, seed: int = 0) -> np.ndarray:
-    """Skewed kappa-like fields: exp of smoothed Gaussian noise, minus its mean."""
-    rng = np.random.default_rng(seed)
-    g = ndimage.gaussian_filter(rng.standard_normal((n_samples, n_bins, size, size)), (0, 0, 2, 2))
-    g /= g.std(axis=(-2, -1), keepdims=True)
-    field = np.exp(0.6 * g)
-    return (0.02 * (field / field.mean(axis=(-2, -1), keepdims=True) - 1)).astype(np.float32)
-
-
-def write_patch_store(path, kappa: np.ndarray, chunk: int) -> None:
-    """A patch store in the layout that the ingest step writes."""
-    n, n_bins = kappa.shape[:2]
-    coords = {
-        "Om": ("sample", np.linspace(0.1, 0.5, n)),
-        "s8": ("sample", np.linspace(0.6, 1.0, n)),
-        "cosmology": ("sample", np.array([f"cosmo_{i // 3:06d}" for i in range(n)])),
-        "perm": ("sample", np.zeros(n, dtype=np.int64)),
-        "patch_lon": ("sample", np.linspace(0, 300, n)),
-        "patch_lat": ("sample", np.linspace(-60, 60, n)),
-        "split": ("sample", np.array(["train", "val", "test"])[np.arange(n) // 3 % 3]),
-        "patch_index": ("sample", np.arange(n, dtype=np.int64) % 3),
-        "bin": ("bin", np.arange(1, n_bins + 1, dtype=np.int64)),
-    }
-    attrs = {
-        "pixel_scale_arcmin": PIXEL_ARCMIN,
-        "pixel_scale": f"{PIXEL_ARCMIN} arcmin",
-        "nside": 64,
-        "source": "mock",
-        "config": "{}",
-        "cosmo_sop_version": "test",
-    }
-    ds = xr.Dataset({"kappa": (("sample", "bin", "y", "x"), kappa)}, coords=coords, attrs=attrs)
-    write_zarr(ds.chunk({"sample": chunk}), path)
 
 
 def read_kappa(path) -> np.ndarray:
@@ -65,8 +30,8 @@ def signal_stores(tmp_path_factory):
     """The same lognormal patches stored with two different sample chunkings."""
     root = tmp_path_factory.mktemp("noise")
     kappa = lognormal_kappa(11, 2, 24)
-    write_patch_store(root / "chunk2.zarr", kappa, chunk=2)
-    write_patch_store(root / "chunk5.zarr", kappa, chunk=5)
+    write_patch_store(root / "chunk2.zarr", kappa, chunk=2, pixel_arcmin=PIXEL_ARCMIN)
+    write_patch_store(root / "chunk5.zarr", kappa, chunk=5, pixel_arcmin=PIXEL_ARCMIN)
     return root, kappa
 
 
@@ -85,7 +50,7 @@ def test_galaxy_density_total_is_split_equally_and_lists_are_checked():
 
 def test_noise_on_zero_maps_has_the_expected_std(tmp_path):
     zeros = np.zeros((30, 2, 32, 32), dtype=np.float32)
-    write_patch_store(tmp_path / "zero.zarr", zeros, chunk=7)
+    write_patch_store(tmp_path / "zero.zarr", zeros, chunk=7, pixel_arcmin=PIXEL_ARCMIN)
     level = {"name": "deep", "sigma_e": 0.3, "n_gal_arcmin2": [2.0, 8.0]}
     out = add_noise(tmp_path / "zero.zarr", tmp_path / "noisy.zarr", level, seed=5, workers=2)
 
@@ -110,7 +75,7 @@ def test_noise_on_zero_maps_has_the_expected_std(tmp_path):
 
 def test_total_density_is_split_over_the_bins(tmp_path):
     zeros = np.zeros((4, 4, 8, 8), dtype=np.float32)
-    write_patch_store(tmp_path / "zero.zarr", zeros, chunk=4)
+    write_patch_store(tmp_path / "zero.zarr", zeros, chunk=4, pixel_arcmin=PIXEL_ARCMIN)
     level = {"name": "s3", "n_gal_arcmin2": 8.0}
     out = add_noise(tmp_path / "zero.zarr", tmp_path / "n.zarr", level, 0)
     expected = 0.26 / np.sqrt(2.0 * PIXEL_ARCMIN**2)  # schema default sigma_e, 8 / 4 bins
@@ -141,7 +106,7 @@ def test_noise_is_deterministic_and_independent_of_chunking(signal_stores, tmp_p
 
 def test_smoothing_lowers_the_noise_by_the_expected_factor(tmp_path):
     zeros = np.zeros((12, 1, 48, 48), dtype=np.float32)
-    write_patch_store(tmp_path / "zero.zarr", zeros, chunk=5)
+    write_patch_store(tmp_path / "zero.zarr", zeros, chunk=5, pixel_arcmin=PIXEL_ARCMIN)
     sigma_px = 2.0
     fwhm = sigma_px * PIXEL_ARCMIN * 2 * np.sqrt(2 * np.log(2))
     assert fwhm_to_sigma_pixels(fwhm, PIXEL_ARCMIN) == pytest.approx(sigma_px)

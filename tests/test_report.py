@@ -14,23 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from fixtures.stores import INGEST_ATTRS, write_patch_store
+from markupsafe import escape
 from matplotlib.figure import Figure
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.faithfulness.curves import faithfulness_table, write_table_csv
+from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
 from cosmo_sop.figures.predictions import (
     plot_mse_per_level,
     plot_predicted_vs_true,
     read_model_predictions,
 )
-from cosmo_sop.report.build import (
+from cosmo_sop.report import (
     read_test_metrics,
     sop_backbone_ratio,
+    verdict_sentence,
     verdict_summary,
     write_report,
 )
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.structures.classify import classify, group_statistics, verdicts, weight_table
+from cosmo_sop.structures import classify, group_statistics, verdicts, weight_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ["Om", "s8"]
@@ -40,31 +43,55 @@ STD = np.array([0.1, 0.2])  # train std of (Om, s8): physical MSE = std^2 * stan
 WEIRD_METHOD = "X-Grad <b>&"
 
 
-def _write_model(level: Path, name: str, mse: tuple[float, float], rng, n: int = 40,
-                 groups: dict | None = None) -> None:
+def _write_model(
+    level: Path, name: str, mse: tuple[float, float], rng, n: int = 40, groups: dict | None = None
+) -> None:
     run = level / "models" / name
     run.mkdir(parents=True)
-    metrics = {"n_test_maps": n, "mse_standardised": dict(zip(NAMES, mse)),
-               "mse": dict(zip(NAMES, (np.asarray(mse) * STD**2).tolist())),
-               "noise_level": level.name}
+    metrics = {
+        "n_test_maps": n,
+        "mse_standardised": dict(zip(NAMES, mse)),
+        "mse": dict(zip(NAMES, (np.asarray(mse) * STD**2).tolist())),
+        "noise_level": level.name,
+    }
     if groups:
         metrics["groups"] = groups
     (run / "test_metrics.json").write_text(json.dumps(metrics))
     targets = np.column_stack([rng.uniform(0.1, 0.5, n), rng.uniform(0.6, 1.0, n)])
     predictions = targets + rng.normal(0, 1, (n, 2)) * STD * np.sqrt(mse)
-    np.savez(run / "test_predictions.npz", sample=np.arange(n), predictions=predictions,
-             targets=targets, names=np.array(NAMES))
+    np.savez(
+        run / "test_predictions.npz",
+        sample=np.arange(n),
+        predictions=predictions,
+        targets=targets,
+        names=np.array(NAMES),
+    )
 
 
 def _write_summary(level: Path, rng, n: int = 40) -> None:
-    regressors = {kind: {"mse_standardised": {"Om": m, "s8": m}, "mse": {"Om": m, "s8": m},
-                         "fit": {}} for kind, m in (("mlp", 0.3), ("ridge", 0.4))}
-    (level / "summary_statistics.json").write_text(json.dumps(
-        {"regressor": "mlp", "regressors": regressors, "n_maps": {"train": 8, "val": 1, "test": n},
-         "targets": NAMES}))
+    regressors = {
+        kind: {"mse_standardised": {"Om": m, "s8": m}, "mse": {"Om": m, "s8": m}, "fit": {}}
+        for kind, m in (("mlp", 0.3), ("ridge", 0.4))
+    }
+    (level / "summary_statistics.json").write_text(
+        json.dumps(
+            {
+                "regressor": "mlp",
+                "regressors": regressors,
+                "n_maps": {"train": 8, "val": 1, "test": n},
+                "targets": NAMES,
+            }
+        )
+    )
     true = np.column_stack([rng.uniform(0.1, 0.5, n), rng.uniform(0.6, 1.0, n)])
-    np.savez(level / "summary_statistics.npz", names=np.array(NAMES), sample=np.arange(n),
-             true=true, predicted_mlp=true + 0.05, predicted_ridge=true - 0.05)
+    np.savez(
+        level / "summary_statistics.npz",
+        names=np.array(NAMES),
+        sample=np.arange(n),
+        true=true,
+        predicted_mlp=true + 0.05,
+        predicted_ridge=true - 0.05,
+    )
 
 
 def _png(path: Path, text: str) -> None:
@@ -92,54 +119,105 @@ def _write_science(level: Path, rng) -> dict[str, str]:
     scores[:, :, 0] = [0.1, 0.6, 0.15, 0.15]
     scores[:, :, 1] = [0.6, 0.1, 0.15, 0.15]
     table = weight_table(scores, membership, stats["valid"].values, n_boot=200)
-    sentences = verdicts(table)
-    # the layout of cosmo_sop.science.structure_analysis
-    (science / "verdicts.json").write_text(json.dumps({
-        "verdicts": sentences, "definitions": [{"name": "void", "kind": "void"}],
-        "n_maps": n, "n_blocks": 10, "bootstrap_blocks": "cosmology", "n_boot": 200, "seed": 0,
-        "confidence": 0.95, "nonzero_only": False, "smoothing_pixels": 0.0,
-        "noise_level": level.name, "explanations_store": "/somewhere/explanations.zarr"}))
+    # the layout of cosmo_sop.structures.run: the settings beside the verdict records
+    content = {
+        "outputs": NAMES,
+        "confidence": 0.95,
+        "n_maps": n,
+        "n_blocks": 10,
+        "bootstrap_blocks": "cosmology",
+        "n_boot": 200,
+        "seed": 0,
+        "nonzero_only": False,
+        "smoothing_pixels": 0.0,
+        "noise_level": level.name,
+        "explanations_store": "/somewhere/explanations.zarr",
+        "definitions": [{"name": "void", "kind": "void"}],
+        "verdicts": verdicts(table),
+    }
+    (science / "verdicts.json").write_text(json.dumps(content))
+    sentences = {r["definition"]: verdict_sentence(r, content) for r in content["verdicts"]}
     with open(science / "weights.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["definition", "kind", "rule", "output", "mean_weight", "ci_low",
-                         "ci_high", "n_groups", "mean_weight_all", "ratio_Om_s8", "ratio_low",
-                         "ratio_high"])
+        writer.writerow(
+            [
+                "definition",
+                "kind",
+                "rule",
+                "output",
+                "mean_weight",
+                "ci_low",
+                "ci_high",
+                "n_groups",
+                "mean_weight_all",
+                "ratio_Om_s8",
+                "ratio_low",
+                "ratio_high",
+            ]
+        )
         for d in table["definition"].values:
             row = table.sel(definition=d)
             for o in NAMES:
                 cell = row.sel(output=o)
-                writer.writerow([d, str(row["kind"].values), str(row["rule"].values), o,
-                                 *(f"{float(cell[k]):.6g}" for k in ("mean_weight", "ci_low",
-                                                                    "ci_high")),
-                                 int(cell["n_groups"]), "0.25",
-                                 *(f"{float(row[k]):.6g}" for k in ("ratio", "ratio_low",
-                                                                   "ratio_high"))])
-    (science / "purity_sop.json").write_text(json.dumps({
-        "purity": {"Om": {"purity": 0.71, "ci_low": 0.66, "ci_high": 0.77, "n_maps": n},
-                   "s8": {"purity": 0.64, "ci_low": 0.58, "ci_high": 0.7, "n_maps": n}},
-        "top_groups": "groups with non-zero weight for the output", "n_boot": 200}))
-    (science / "purity.csv").write_text("method,output,purity,ci_low,ci_high,n_maps\n"
-                                        "SOP,Om,0.71,0.66,0.77,30\nsaliency,Om,0.583,0.5,0.6,30\n")
+                writer.writerow(
+                    [
+                        d,
+                        str(row["kind"].values),
+                        str(row["rule"].values),
+                        o,
+                        *(f"{float(cell[k]):.6g}" for k in ("mean_weight", "ci_low", "ci_high")),
+                        int(cell["n_groups"]),
+                        "0.25",
+                        *(f"{float(row[k]):.6g}" for k in ("ratio", "ratio_low", "ratio_high")),
+                    ]
+                )
+    (science / "purity_sop.json").write_text(
+        json.dumps(
+            {
+                "purity": {
+                    "Om": {"purity": 0.71, "ci_low": 0.66, "ci_high": 0.77, "n_maps": n},
+                    "s8": {"purity": 0.64, "ci_low": 0.58, "ci_high": 0.7, "n_maps": n},
+                },
+                "top_groups": "groups with non-zero weight for the output",
+                "n_boot": 200,
+            }
+        )
+    )
+    (science / "purity.csv").write_text(
+        "method,output,purity,ci_low,ci_high,n_maps\n"
+        "SOP,Om,0.71,0.66,0.77,30\nsaliency,Om,0.583,0.5,0.6,30\n"
+    )
     # faithfulness: the real table writer
-    results = {"SOP": {"Om": {"Ins": 0.20, "Del": 0.55, "MSE top-20%": 0.31},
-                       "s8": {"Ins": 0.25, "Del": 0.50, "MSE top-20%": 0.33}},
-               WEIRD_METHOD: {"Om": {"Ins": 0.40, "Del": 0.60, "MSE top-20%": 0.52},
-                              "s8": {"Ins": 0.45, "Del": 0.35, "MSE top-20%": 0.61}}}
+    results = {
+        "SOP": {
+            "Om": {"Ins": 0.20, "Del": 0.55, "MSE top-20%": 0.31},
+            "s8": {"Ins": 0.25, "Del": 0.50, "MSE top-20%": 0.33},
+        },
+        WEIRD_METHOD: {
+            "Om": {"Ins": 0.40, "Del": 0.60, "MSE top-20%": 0.52},
+            "s8": {"Ins": 0.45, "Del": 0.35, "MSE top-20%": 0.61},
+        },
+    }
     faithfulness = faithfulness_table(results)
     write_table_csv(faithfulness, science / "faithfulness.csv")
     write_zarr(faithfulness.assign_attrs(n_maps=25, skipped="{}"), science / "faithfulness.zarr")
-    for name in ("faithfulness_curves", "weight_histograms", "example_groups",
-                 "example_groups_2"):
+    for name in ("faithfulness_curves", "weight_histograms", "example_groups", "example_groups_2"):
         _png(science / f"{name}.png", name)
     return sentences
 
 
 def _write_patches(level: Path, config: dict) -> None:
-    ds = xr.Dataset({"kappa": (("sample", "bin", "y", "x"), np.zeros((2, 1, 4, 4), np.float32))},
-                    attrs={"config": json.dumps(config), "noise_level": level.name,
-                           "noise": json.dumps({"name": level.name, "shape_noise": False}),
-                           "sigma_pix": [0.0]})
-    write_zarr(ds, level / "patches.zarr")
+    """A patch store with the attributes the report reads: the config, the noise level."""
+    write_patch_store(
+        level / "patches.zarr",
+        np.zeros((2, 1, 4, 4), np.float32),
+        {},
+        drop=INGEST_ATTRS,
+        noise_level=level.name,
+        noise={"name": level.name, "shape_noise": False},
+        sigma_pix=[0.0],
+        config=json.dumps(config),
+    )
 
 
 @pytest.fixture
@@ -148,16 +226,22 @@ def results(tmp_path) -> tuple[Path, dict[str, str]]:
     rng = np.random.default_rng(3)
     root = tmp_path / "results"
     full = root / "noiseless"
-    groups = {"n_maps": 40, "n_groups": 20, "nonzero_groups_per_map": {"Om": 3.25, "s8": 2.5},
-              "mean_group_size": {"Om": 0.125, "s8": 0.2}}
+    groups = {
+        "n_maps": 40,
+        "n_groups": 20,
+        "nonzero_groups_per_map": {"Om": 3.25, "s8": 2.5},
+        "mean_group_size": {"Om": 0.125, "s8": 0.2},
+    }
     for name, mse in MSE.items():
         _write_model(full, name, mse, rng, groups=groups if name == "sop" else None)
     _write_summary(full, rng)
     sentences = _write_science(full, rng)
     _write_patches(full, {"seed": 42, "sop": {"n_groups": 20}})
     scores = np.full((12, 4, 2), 0.25)
-    write_zarr(xr.Dataset({"scores": (("sample", "group", "output"), scores)},
-                          coords={"output": NAMES}), full / "explanations.zarr")
+    write_zarr(
+        xr.Dataset({"scores": (("sample", "group", "output"), scores)}, coords={"output": NAMES}),
+        full / "explanations.zarr",
+    )
     _write_model(root / "stage3", "backbone", (0.3, 0.2), rng)
     return root, sentences
 
@@ -172,9 +256,16 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert out == tmp_path / "out" / "report.html"
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # nothing else left
     page = out.read_text(encoding="utf-8")
-    for title in ("Summary across noise levels", "Config used", "Noise level: noiseless",
-                  "Noise level: stage3", "(a) Recovering", "(b) Faithfulness",
-                  "(c) Voids and clusters", "SOP's groups"):
+    for title in (
+        "Summary across noise levels",
+        "Config used",
+        "Noise level: noiseless",
+        "Noise level: stage3",
+        "(a) Recovering",
+        "(b) Faithfulness",
+        "(c) Voids and clusters",
+        "SOP's groups",
+    ):
         assert title in page or html.escape(title) in page, title
     assert "<script" not in page.lower()  # no JavaScript, and user text is escaped
     assert html.escape(WEIRD_METHOD) in page and WEIRD_METHOD not in page
@@ -198,10 +289,12 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
 
     # (c) the verdict sentences, the paper comparison, SOP's group statistics
     for sentence in sentences.values():
-        assert html.escape(sentence) in page
+        assert escape(sentence) in page
     assert "/somewhere" not in page  # settings beside the verdicts are not taken for verdicts
-    assert "30 maps resampled in 10 blocks (by cosmology); 200 bootstrap replicates; " \
-           "95 % intervals; zero-weight groups included." in page
+    assert (
+        "30 maps resampled in 10 blocks (by cosmology); 200 bootstrap replicates; "
+        "95 % intervals; zero-weight groups included." in page
+    )
     assert sum("agrees with the paper" in s for s in sentences.values()) >= 2
     assert "Does this run agree with the paper?" in page
     assert re.search(r"voids \(paper: .*?\): \d+ definitions?: \d+ agree", page)
@@ -211,8 +304,8 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert "ratio Om s8" in page and "mean weight all" in page
 
     # the config from the patch store, and stage3's missing parts
-    assert "&quot;seed&quot;: 42" in page
-    stage3 = page[page.index("Noise level: stage3"):]
+    assert escape('"seed": 42') in page
+    stage3 = page[page.index("Noise level: stage3") :]
     assert stage3.count("not computed") >= 5
     assert "Faithfulness table (science/faithfulness.csv): not computed" in stage3
 
@@ -225,13 +318,32 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
 def test_report_of_a_run_with_nothing_computed_says_so(tmp_path):
     science = tmp_path / "results" / "noiseless" / "science"
     science.mkdir(parents=True)
-    sentence = "clusters 'c' (mean > 2σ): Om/s8 weight ratio 0.9 [0.7, 1.2] — inconclusive"
-    (science / "verdicts.json").write_text(json.dumps({"c": sentence}))  # a plain mapping
+    record = {
+        "definition": "c",
+        "kind": "cluster",
+        "rule": "mean > 2σ",
+        "n_groups": 4,
+        "ratio": 0.9,
+        "ci_low": 0.7,
+        "ci_high": 1.2,
+        "outcome": "inconclusive",
+        "agrees": None,
+        "expected_heavier": "s8",
+    }
+    (science / "verdicts.json").write_text(
+        json.dumps(
+            {"outputs": NAMES, "confidence": 0.95, "n_maps": 3, "n_blocks": 3, "verdicts": [record]}
+        )
+    )
+    sentence = (
+        "clusters 'c' (mean > 2σ): Om/s8 weight ratio 0.9 [0.7, 1.2] (95% CI, 3 maps, "
+        "4 groups) — inconclusive (CI includes 1)"
+    )
     out = write_report(tmp_path / "results", ["noiseless", "absent"], tmp_path / "r.html")
     page = out.read_text(encoding="utf-8")
     assert "Test metrics of the models and of the summary statistics: not computed" in page
     assert "no folder" in page and "not computed" in page
-    assert html.escape(sentence) in page and "clusters: 1 inconclusive" in page
+    assert escape(sentence) in page and "clusters: 1 inconclusive" in page
     assert _images(page) == []
 
 
@@ -259,27 +371,86 @@ def test_report_refuses_unreadable_inputs_and_writes_nothing(results, tmp_path):
 def test_metrics_ratio_and_verdict_counts(results):
     root, sentences = results
     metrics = read_test_metrics(root / "noiseless")
-    assert list(metrics) == ["CNN backbone", "X-DNN", "SOP", "Summary statistics (mlp)",
-                             "Summary statistics (ridge)"]
+    assert list(metrics) == [
+        "CNN backbone",
+        "X-DNN",
+        "SOP",
+        "Summary statistics (mlp)",
+        "Summary statistics (ridge)",
+    ]
     assert metrics["SOP"]["groups"]["n_groups"] == 20
     ratios = sop_backbone_ratio(metrics)
     assert ratios["Om"] == pytest.approx(1.1) and ratios["s8"] == pytest.approx(1.4)
     assert ratios["both"] == pytest.approx((0.11 + 0.07) / (0.10 + 0.05))
     assert sop_backbone_ratio(read_test_metrics(root / "stage3")) is None
-    counts = verdict_summary(["voids 'v' (mean < 0σ): ... — agrees with the paper (x)",
-                              "voids 'w' (...): ... — disagrees with the paper (which finds x)",
-                              "clusters 'c' (...): no groups in this class (3 maps) — no verdict",
-                              "clusters 'd' (...): ... — inconclusive (CI includes 1)"])
+    counts = verdict_summary(
+        [
+            {"definition": "v", "kind": "void", "outcome": "agrees"},
+            {"definition": "w", "kind": "void", "outcome": "disagrees"},
+            {"definition": "c", "kind": "cluster", "outcome": "no_groups"},
+            {"definition": "d", "kind": "cluster", "outcome": "inconclusive"},
+        ]
+    )
     assert counts["void"] == {"disagree": 1, "agree": 1, "inconclusive": 0, "no verdict": 0}
     assert counts["cluster"] == {"disagree": 0, "agree": 0, "inconclusive": 1, "no verdict": 1}
+    # The paper says nothing about a record without a kind: not counted.
+    assert verdict_summary([{"definition": "x", "kind": None, "outcome": "no_expectation"}]) == {}
+
+
+def test_verdict_sentences_of_every_outcome():
+    """The sentences the report writes from verdict records (those the structures step wrote
+    before it recorded verdicts as data)."""
+    settings = {"outputs": NAMES, "confidence": 0.95, "n_maps": 30, "n_blocks": 10}
+    numbers = {"ratio": 1.2149, "ci_low": 1.0512, "ci_high": 1.3833, "n_groups": 34}
+    void = {"definition": "void", "kind": "void", "rule": "mean < 0σ", **numbers}
+    cluster = {"definition": "cl", "kind": "cluster", "rule": "mean > 2σ", **numbers}
+    head = "Om/s8 weight ratio 1.21 [1.05, 1.38] (95% CI, 30 maps in 10 blocks, 34 groups)"
+    cases = [
+        (
+            void | {"outcome": "agrees"},
+            f"voids 'void' (mean < 0σ): {head} — agrees with the paper (voids weigh more for Om)",
+        ),
+        (
+            cluster | {"outcome": "disagrees"},
+            f"clusters 'cl' (mean > 2σ): {head} — disagrees with the paper (which finds clusters "
+            "weigh more for s8)",
+        ),
+        (
+            void | {"outcome": "inconclusive", "ci_low": None, "ci_high": None},
+            "voids 'void' (mean < 0σ): Om/s8 weight ratio 1.21 [nan, nan] (95% CI, 30 maps in 10 "
+            "blocks, 34 groups) — inconclusive (CI includes 1)",
+        ),
+        (
+            cluster | {"outcome": "no_groups", "n_groups": 0},
+            "clusters 'cl' (mean > 2σ): no groups in this class (30 maps in 10 blocks) — no verdict",
+        ),
+        (
+            cluster | {"outcome": "undefined", "ratio": None},
+            "clusters 'cl' (mean > 2σ): ratio undefined, zero mean weight for s8 (30 maps in 10 "
+            "blocks, 34 groups) — no verdict",
+        ),
+        (
+            void | {"kind": None, "rule": None, "outcome": "no_expectation"},
+            f"'void' (rule not recorded): {head} — no paper expectation for kind ''",
+        ),
+    ]
+    for record, sentence in cases:
+        assert verdict_sentence(record, settings) == sentence
+    one_block_each = settings | {"n_blocks": 30}
+    assert "(95% CI, 30 maps, 34 groups)" in verdict_sentence(cases[0][0], one_block_each)
 
 
 def test_read_model_predictions_orders_columns_by_name(tmp_path):
     run = tmp_path / "models" / "sop"
     run.mkdir(parents=True)
     targets = np.array([[0.8, 0.3], [0.9, 0.2]])  # columns s8, Om
-    np.savez(run / "test_predictions.npz", sample=np.arange(2), predictions=targets + 0.01,
-             targets=targets, names=np.array(["s8", "Om"]))
+    np.savez(
+        run / "test_predictions.npz",
+        sample=np.arange(2),
+        predictions=targets + 0.01,
+        targets=targets,
+        names=np.array(["s8", "Om"]),
+    )
     out = read_model_predictions(tmp_path)
     assert list(out) == ["SOP"]
     np.testing.assert_allclose(out["SOP"][0], targets[:, ::-1])
@@ -297,15 +468,18 @@ def test_prediction_figures_write_png_and_pdf(tmp_path, results):
     out = plot_predicted_vs_true(predictions, tmp_path / "figs" / "pvt.png")
     assert out.read_bytes().startswith(PNG)
     assert out.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
-    table = {"noiseless": {"CNN backbone": {"Om": 0.1, "s8": 0.05}, "SOP": {"Om": 0.11}},
-             "stage3": {"CNN backbone": {"Om": 0.3, "s8": 0.2}}}
+    table = {
+        "noiseless": {"CNN backbone": {"Om": 0.1, "s8": 0.05}, "SOP": {"Om": 0.11}},
+        "stage3": {"CNN backbone": {"Om": 0.3, "s8": 0.2}},
+    }
     out = plot_mse_per_level(table, tmp_path / "figs" / "mse.png")
     assert out.read_bytes().startswith(PNG) and out.with_suffix(".pdf").is_file()
     with pytest.raises(InputError, match="must both be"):
         plot_predicted_vs_true({"bad": (np.zeros((3, 2)), np.zeros((3, 3)))}, tmp_path / "x.png")
     with pytest.raises(InputError, match="finite"):
-        plot_predicted_vs_true({"bad": (np.zeros((3, 2)), np.full((3, 2), np.nan))},
-                               tmp_path / "x.png")
+        plot_predicted_vs_true(
+            {"bad": (np.zeros((3, 2)), np.full((3, 2), np.nan))}, tmp_path / "x.png"
+        )
     with pytest.raises(InputError, match="at least one noise level"):
         plot_mse_per_level({}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()

@@ -8,49 +8,26 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from fixtures.stores import lognormal_kappa, ordered_coords, write_patch_store
 from scipy import ndimage
 
+from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.kappa import detection_map
 from cosmo_sop.segmentation import (
-    detection_map,
     merge_smallest_segments,
     patch_segments,
-    resolve_config,
     segment,
     segment_map,
 )
-from cosmo_sop.storage import write_zarr
 
 SIZE = 40
 
 
-def lognormal_kappa(n_samples: int, n_bins: int, size: int, seed: int = 0) -> np.ndarray:
-    """Skewed kappa-like fields with peaks and troughs: exp(smoothed Gaussian noise) - mean."""
-    rng = np.random.default_rng(seed)
-    g = ndimage.gaussian_filter(rng.standard_normal((n_samples, n_bins, size, size)), (0, 0, 2, 2))
-    g /= g.std(axis=(-2, -1), keepdims=True)
-    field = np.exp(0.6 * g)
-    return (0.02 * (field / field.mean(axis=(-2, -1), keepdims=True) - 1)).astype(np.float32)
-
-
-def write_patch_store(path, kappa: np.ndarray, chunk: int) -> None:
-    """A patch store in the layout that the ingest step writes."""
-    n, n_bins = kappa.shape[:2]
-    coords = {
-        "Om": ("sample", np.linspace(0.1, 0.5, n)),
-        "s8": ("sample", np.linspace(0.6, 1.0, n)),
-        "cosmology": ("sample", np.array([f"cosmo_{i // 2:06d}" for i in range(n)])),
-        "perm": ("sample", np.zeros(n, dtype=np.int64)),
-        "patch_lon": ("sample", np.linspace(0, 300, n)),
-        "patch_lat": ("sample", np.linspace(-60, 60, n)),
-        "split": ("sample", np.array(["train", "val", "test"])[np.arange(n) % 3]),
-        "patch_index": ("sample", np.arange(n, dtype=np.int64) % 2),
-        "bin": ("bin", np.arange(1, n_bins + 1, dtype=np.int64)),
-    }
-    attrs = {"pixel_scale_arcmin": 10.0, "pixel_scale": "10.0 arcmin", "nside": 64,
-             "source": "mock", "config": "{}", "cosmo_sop_version": "test", "noise_level": "x"}
-    ds = xr.Dataset({"kappa": (("sample", "bin", "y", "x"), kappa)}, coords=coords, attrs=attrs)
-    write_zarr(ds.chunk({"sample": chunk}), path)
+def write_store(path, kappa: np.ndarray, chunk: int) -> None:
+    """A patch store of these tests: two maps per cosmology, the splits taking turns over maps."""
+    coords = ordered_coords(len(kappa), per_cosmology=2, split_by_cosmology=False)
+    write_patch_store(path, kappa, coords, pixel_arcmin=10.0, noise_level="x", chunk=chunk)
 
 
 def assert_valid_labels(labels: np.ndarray, max_segments: int) -> None:
@@ -67,7 +44,7 @@ def assert_valid_labels(labels: np.ndarray, max_segments: int) -> None:
 @pytest.fixture(scope="module")
 def patch_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("seg") / "patches.zarr"
-    write_patch_store(path, lognormal_kappa(9, 2, SIZE), chunk=4)
+    write_store(path, lognormal_kappa(9, 2, SIZE), chunk=4)
     return path
 
 
@@ -89,7 +66,9 @@ def test_watershed_store_obeys_the_label_contract(patch_store, tmp_path):
     # same labels whatever the number of workers, and the map-by-map function agrees
     again = segment(patch_store, tmp_path / "seg1.zarr", config, workers=1)
     np.testing.assert_array_equal(xr.open_zarr(again)["segments"].values, labels)
-    one = segment_map(detection_map(patches["kappa"].values[3]), resolve_config(config))
+    one = segment_map(
+        detection_map(patches["kappa"].values[3]), with_defaults("segmentation", config)
+    )
     np.testing.assert_array_equal(one, labels[3])
 
 
@@ -119,8 +98,8 @@ def test_markers_follow_the_peak_local_max_rule():
 
 def test_segments_do_not_depend_on_chunking(tmp_path):
     kappa = lognormal_kappa(7, 2, SIZE, seed=4)
-    write_patch_store(tmp_path / "c2.zarr", kappa, chunk=2)
-    write_patch_store(tmp_path / "c5.zarr", kappa, chunk=5)
+    write_store(tmp_path / "c2.zarr", kappa, chunk=2)
+    write_store(tmp_path / "c5.zarr", kappa, chunk=5)
     for config in ({"max_segments": 9}, {"method": "slic", "max_segments": 9}):
         a = segment(tmp_path / "c2.zarr", tmp_path / "s2.zarr", config)
         b = segment(tmp_path / "c5.zarr", tmp_path / "s5.zarr", config, workers=2)
@@ -138,7 +117,7 @@ def test_peak_and_deep_trough_get_their_own_segments():
     rng = np.random.default_rng(1)
     noise = 0.002 * rng.standard_normal((SIZE, SIZE))
     kappa = 0.05 * bump(10, 10, 3) - 0.04 * bump(28, 29, 4) + noise
-    config = resolve_config({"max_segments": 8, "min_distance_pixels": 3})
+    config = with_defaults("segmentation", {"max_segments": 8, "min_distance_pixels": 3})
     labels = segment_map(detection_map(kappa[None]), config)
     assert_valid_labels(labels, 8)
     peak, void = labels[10, 10], labels[28, 29]
@@ -158,7 +137,7 @@ def test_void_in_one_bin_survives_the_bin_combination():
     # bin 1: a shallow void, little noise; bin 2: a strong peak and noise deeper than that void
     weak = -0.004 * np.exp(-((y - 20) ** 2 + (x - 20) ** 2) / 18) + 1e-4 * noise[0]
     strong = 0.05 * np.exp(-((y - 5) ** 2 + (x - 34) ** 2) / 8) + 0.01 * noise[1]
-    config = resolve_config({"max_segments": 6})
+    config = with_defaults("segmentation", {"max_segments": 6})
     labels = segment_map(detection_map(np.stack([weak, strong])), config)
     assert_valid_labels(labels, 6)
     assert labels[20, 20] != labels[5, 34]
@@ -207,14 +186,16 @@ def test_bad_config_and_missing_input_raise_input_error(patch_store, tmp_path):
     with pytest.raises(InputError, match="patch_pixels.*25 segments.*max_segments = 16"):
         segment(patch_store, out, {"method": "patch", "patch_pixels": 8, "max_segments": 16})
     with pytest.raises(InputError, match="segmentation.method"):
-        segment_map(np.zeros((8, 8)), {**resolve_config({}), "method": "felzenszwalb"})
+        segment_map(
+            np.zeros((8, 8)), {**with_defaults("segmentation", {}), "method": "felzenszwalb"}
+        )
     with pytest.raises(InputError, match="absent.zarr"):
         segment(tmp_path / "absent.zarr", out, {})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_featureless_map_is_one_segment():
-    labels = segment_map(np.zeros((16, 16)), resolve_config({}))
+    labels = segment_map(np.zeros((16, 16)), with_defaults("segmentation", {}))
     assert labels.dtype == np.int32 and np.all(labels == 0)
 
 
@@ -227,6 +208,6 @@ def test_plot_segments_writes_png_and_pdf(patch_store, tmp_path):
     assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     with pytest.raises(InputError, match="do not match"):
         other = tmp_path / "other.zarr"
-        write_patch_store(other, lognormal_kappa(3, 1, SIZE), chunk=3)
+        write_store(other, lognormal_kappa(3, 1, SIZE), chunk=3)
         plot_segments(other, seg, tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()

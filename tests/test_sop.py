@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.models.backbone import ConvRegressor
-from cosmo_sop.models.groups import drop_duplicates, n_kept_tokens, straight_through
-from cosmo_sop.models.sop import Explanation, SumOfParts
+from cosmo_sop.models import ConvRegressor, Explanation, SumOfParts
+from cosmo_sop.models.tokens import drop_duplicates, n_kept_tokens, straight_through
 
 SIDE = 24  # 24 -conv3-> 22 -pool-> 11 -conv3-> 9 -pool-> 4 -conv3-> 2 -pool-> 1
 SHAPE = (2, SIDE, SIDE)
@@ -54,8 +53,9 @@ def test_prediction_is_the_sum_of_the_backbone_on_each_group(tokens):
     x, out = explain(model, tokens)
     assert out.masks.dtype == torch.bool and out.tokens.dtype == torch.bool
     assert torch.allclose(out.prediction, (out.scores * out.partial).sum(1), atol=1e-6)
-    assert torch.equal(model(x, None if tokens == "patches" else block_segments([7, 15, 5])),
-                       out.prediction)  # fmt: skip
+    assert torch.equal(
+        model(x, None if tokens == "patches" else block_segments([7, 15, 5])), out.prediction
+    )
     # Faithfulness: each partial prediction is the plain backbone on x with that group only.
     with torch.no_grad():
         for b, i in out.valid.nonzero().tolist():
@@ -190,9 +190,16 @@ def test_classification_with_any_backbone_and_token_encoder():
     backbone = TinyClassifier()
     encoder = nn.Conv2d(2, 5, kernel_size=4, stride=4)  # 6 x 6 feature map
     model = SumOfParts(
-        backbone, encoder, SHAPE, output_layer=backbone.classifier, task="classification",
-        patch_tokens=6, n_heads=2, d_model=8, n_groups=4,
-    ).eval()  # fmt: skip
+        backbone,
+        encoder,
+        SHAPE,
+        output_layer=backbone.classifier,
+        task="classification",
+        patch_tokens=6,
+        n_heads=2,
+        d_model=8,
+        n_groups=4,
+    ).eval()
     x = make_inputs(4)
     out = model.explain(x)
     assert out.prediction.shape == (4, 3) and out.scores.shape == (4, 4, 3)

@@ -10,8 +10,9 @@ from skimage.measure import label as skimage_label
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.structures import plot_groups, plot_weight_histograms
-from cosmo_sop.structures.classify import (
+from cosmo_sop.structures import (
     DEFAULT_DEFINITIONS,
+    PAPER_FINDINGS,
     attribution_cells,
     bootstrap_sums,
     cell_purity,
@@ -94,8 +95,11 @@ def test_planted_void_and_peak_are_classified_under_every_definition():
         "cluster_3sigma": [0, 1, 0, 0],
     }
     for name, groups in expected.items():
-        np.testing.assert_array_equal(member.sel(definition=name).values,
-                                      np.tile(np.asarray(groups, bool), (3, 1)), err_msg=name)
+        np.testing.assert_array_equal(
+            member.sel(definition=name).values,
+            np.tile(np.asarray(groups, bool), (3, 1)),
+            err_msg=name,
+        )
     # the statistics behind it, in sigma of each map
     means = stats["mean_sigma"].values
     assert (means[:, 0] < -3).all() and (means[:, 1] > 3).all()
@@ -209,8 +213,9 @@ def test_bootstrap_ci_covers_the_true_mean_and_is_deterministic():
     again = weight_table(scores, member, n_boot=400, seed=39)
     assert again.identical(table)
     other = weight_table(scores, member, n_boot=400, seed=7)
-    assert not np.allclose(other["ci_low"].sel(definition="void"),
-                           table["ci_low"].sel(definition="void"))
+    assert not np.allclose(
+        other["ci_low"].sel(definition="void"), table["ci_low"].sel(definition="void")
+    )
     # zero weights included: all groups weigh 1/m for every output, so their ratio is exactly 1
     np.testing.assert_allclose(table["mean_weight_all"].values, 1 / m)
 
@@ -226,7 +231,9 @@ def test_bootstrap_sums_resample_whole_blocks():
     scores, member = weighted_case(0.6, 0.3, n=12)
     table = weight_table(scores, member, n_boot=50, blocks=np.arange(12) // 3)
     assert table.attrs["n_blocks"] == 4
-    assert "(95% CI, 12 maps in 4 blocks, 12 groups)" in verdict(table, "void")
+    # the verdict's sample: 12 maps in 4 blocks, 12 groups, 95 % intervals
+    assert table.attrs["n_maps"] == 12 and table.attrs["confidence"] == 0.95
+    assert verdict(table, "void")["n_groups"] == 12
 
 
 def weighted_case(om_void: float, s8_void: float, n: int = 80, seed: int = 0):
@@ -247,35 +254,66 @@ def weighted_case(om_void: float, s8_void: float, n: int = 80, seed: int = 0):
 
 
 def test_verdicts_agree_disagree_inconclusive():
+    assert PAPER_FINDINGS["void"] == {"heavier": "Om", "text": "voids weigh more for Om"}
+    assert PAPER_FINDINGS["cluster"] == {"heavier": "s8", "text": "clusters weigh more for s8"}
     agree = weight_table(*weighted_case(0.6, 0.3), n_boot=300)
-    text = verdict(agree, "void")
+    record = verdict(agree, "void")
     ratio = float(agree["ratio"].sel(definition="void"))
-    assert ratio > 1.5 and f"{ratio:.3g}" in text
-    assert "voids 'void' (mean < 0σ): Om/s8 weight ratio" in text
-    assert "(95% CI, 80 maps, 80 groups)" in text and text.endswith(
-        "agrees with the paper (voids weigh more for Om)")
-    assert verdicts(agree)["cluster"].endswith("agrees with the paper (clusters weigh more for s8)")
+    assert ratio > 1.5 and record["ratio"] == ratio
+    assert record["ci_low"] == float(agree["ratio_low"].sel(definition="void")) > 1.0
+    assert record["ci_high"] == float(agree["ratio_high"].sel(definition="void"))
+    assert (record["definition"], record["kind"], record["rule"]) == ("void", "void", "mean < 0σ")
+    assert record["n_groups"] == 80 and agree.attrs["n_maps"] == agree.attrs["n_blocks"] == 80
+    assert agree.attrs["confidence"] == 0.95 and list(agree["output"].values) == ["Om", "s8"]
+    assert record["outcome"] == "agrees" and record["agrees"] is True
+    assert record["expected_heavier"] == "Om"
+    by_name = {r["definition"]: r for r in verdicts(agree)}
+    assert [r["definition"] for r in verdicts(agree)] == list(agree["definition"].values)
+    assert by_name["void"] == record
+    cluster = by_name["cluster"]
+    assert cluster["outcome"] == "agrees" and cluster["agrees"] is True
+    assert cluster["expected_heavier"] == "s8" and cluster["ci_high"] < 1.0
 
     disagree = weight_table(*weighted_case(0.3, 0.6), n_boot=300)
-    expected = "disagrees with the paper (which finds voids weigh more for Om)"
-    assert expected in verdict(disagree, "void")
-    assert "disagrees" in verdict(disagree, "cluster")
+    record = verdict(disagree, "void")
+    assert record["outcome"] == "disagrees" and record["agrees"] is False
+    assert record["expected_heavier"] == "Om" and record["ci_high"] < 1.0
+    assert verdict(disagree, "cluster")["outcome"] == "disagrees"
+    assert verdict(disagree, "cluster")["agrees"] is False
 
     same = weight_table(*weighted_case(0.45, 0.45, n=20), n_boot=300)
     row = same.sel(definition="void")
     assert row["ratio_low"] < 1 < row["ratio_high"]
-    assert verdict(same, "void").endswith("inconclusive (CI includes 1)")
+    record = verdict(same, "void")
+    assert record["outcome"] == "inconclusive" and record["agrees"] is None
+    assert record["ci_low"] < 1.0 < record["ci_high"]
 
     # a class nobody belongs to gets no verdict, not a number
     scores, _ = weighted_case(0.6, 0.3, n=10)
     void = np.zeros((10, 4), bool)
     void[:, 0] = True
     voids_only = weight_table(scores, membership_for(void, np.zeros_like(void)), n_boot=50)
-    assert verdict(voids_only, "cluster").endswith(
-        "no groups in this class (10 maps) — no verdict")
+    record = verdict(voids_only, "cluster")
+    assert record["outcome"] == "no_groups" and record["agrees"] is None
+    assert record["n_groups"] == 0 and record["ratio"] is None and voids_only.attrs["n_maps"] == 10
     assert np.isnan(voids_only["mean_weight"].sel(definition="cluster")).all()
     with pytest.raises(InputError, match="not among"):
         verdict(agree, "filament")
+
+
+def test_verdict_undefined_ratio_and_kinds_without_expectation():
+    scores, member = weighted_case(0.6, 0.3, n=20)
+    scores[:, 0, 1] = 0.0  # the void gets no weight for s8: the Om/s8 ratio is infinite
+    table = weight_table(scores, member, n_boot=50)
+    record = verdict(table, "void")
+    assert record["outcome"] == "undefined" and record["agrees"] is None
+    assert record["ratio"] is None and record["n_groups"] == 20
+    # a kind the paper says nothing about: numbers, but no expectation
+    agree = weight_table(*weighted_case(0.6, 0.3), n_boot=300)
+    kinds = ["filament" if k == "void" else k for k in agree["kind"].values]
+    record = verdict(agree.assign_coords(kind=("definition", kinds)), "void")
+    assert record["outcome"] == "no_expectation" and record["agrees"] is None
+    assert record["expected_heavier"] is None and record["ci_low"] > 1.0
 
 
 def test_nonzero_only_and_class_weights():
@@ -302,8 +340,8 @@ def test_sop_purity_all_voids_half_half_and_top_k():
     n, m = 2, 6
     void = np.zeros((n, m), bool)
     cluster = np.zeros((n, m), bool)
-    void[0, :3] = True               # map 0: top groups 0-2 all voids
-    void[1, [0, 1]] = True           # map 1: two voids, two clusters on top
+    void[0, :3] = True  # map 0: top groups 0-2 all voids
+    void[1, [0, 1]] = True  # map 1: two voids, two clusters on top
     cluster[1, [2, 3]] = True
     member = membership_for(void, cluster)
     scores = np.zeros((n, m, 2))
@@ -367,10 +405,12 @@ def test_vectorised_statistics_equal_loops():
                 assert np.isnan(stats["mean_sigma"].values[i, g])
                 continue
             np.testing.assert_allclose(stats["mean_sigma"].values[i, g], pixels.mean(), rtol=1e-12)
-            np.testing.assert_allclose(stats["fraction_above"].sel(above_sigma=3.0).values[i, g],
-                                       np.mean(pixels > 3.0))
-            np.testing.assert_allclose(stats["fraction_below"].sel(below_sigma=0.0).values[i, g],
-                                       np.mean(pixels < 0.0))
+            np.testing.assert_allclose(
+                stats["fraction_above"].sel(above_sigma=3.0).values[i, g], np.mean(pixels > 3.0)
+            )
+            np.testing.assert_allclose(
+                stats["fraction_below"].sel(below_sigma=0.0).values[i, g], np.mean(pixels < 0.0)
+            )
 
     # cells: per-map skimage labelling of the top 20 % pixels, by brute force
     attributions = rng.standard_normal((n, 2, size, size))
@@ -411,12 +451,15 @@ def test_vectorised_weights_and_top_groups_equal_loops():
     for name in ("void", "cluster"):
         d = member.sel(definition=name).values
         for o, output in enumerate(("Om", "s8")):
-            weights = [scores[i, g, o] for i in range(n) for g in range(m)
-                       if d[i, g] and valid[i, g]]
-            np.testing.assert_allclose(table["mean_weight"].sel(definition=name, output=output),
-                                       np.mean(weights))
-            np.testing.assert_array_equal(np.sort(class_weights(scores, member, name, o, valid)),
-                                          np.sort(weights))
+            weights = [
+                scores[i, g, o] for i in range(n) for g in range(m) if d[i, g] and valid[i, g]
+            ]
+            np.testing.assert_allclose(
+                table["mean_weight"].sel(definition=name, output=output), np.mean(weights)
+            )
+            np.testing.assert_array_equal(
+                np.sort(class_weights(scores, member, name, o, valid)), np.sort(weights)
+            )
     top = top_groups(scores, valid, top_k=2)
     for i in range(n):
         for o in range(2):
@@ -437,8 +480,9 @@ def test_figures_are_written_atomically(tmp_path):
     masks = planted_masks(1)[0]
     labels = group_labels(classify(group_statistics(sigma_map(kappa[None]), masks[None])))[0]
     group_scores = np.array([[0.7, 0.2], [0.1, 0.7], [0.2, 0.1], [0.0, 0.0]])
-    out = plot_groups(kappa, masks, group_scores, labels, tmp_path / "groups.png",
-                      pixel_scale_arcmin=13.7)
+    out = plot_groups(
+        kappa, masks, group_scores, labels, tmp_path / "groups.png", pixel_scale_arcmin=13.7
+    )
     assert out.stat().st_size > 10_000 and (tmp_path / "groups.pdf").exists()
     with pytest.raises(InputError, match="labels"):
         plot_groups(kappa, masks, group_scores, ["void", "halo", "", ""], tmp_path / "bad.png")

@@ -2,40 +2,45 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import re
 
 import numpy as np
 import pytest
 import xarray as xr
-from test_model_runs import write_stores
+from fixtures.records import read_csv_rows
+from fixtures.runs import write_stores
 
+from cosmo_sop.config import validate_config
 from cosmo_sop.errors import InputError
-from cosmo_sop.structures.classify import DEFAULT_DEFINITIONS, sigma_map
-from cosmo_sop.structures.run import structure_analysis
-
-ROWS = ["MSE top-20%", "Ins", "InsG", "Del", "DelG", "purity", "sparsity"]
-#: Fewer perturbations than the defaults keep the perturbation methods fast on tiny maps.
-FAST = {"kernel_shap": {"n_samples": 24}, "lime": {"n_samples": 24},
-        "gradient_shap": {"n_samples": 8}, "integrated_gradients": {"n_steps": 8}}  # fmt: skip
+from cosmo_sop.structures import DEFAULT_DEFINITIONS, sigma_map
+from cosmo_sop.structures.run import run
 
 
-def _read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+def _config(seed: int = 0, **structures) -> dict:
+    """A validated config with these keys of ``structures`` (the rest: the schema's defaults)."""
+    return validate_config({"seed": seed, "structures": structures})
 
 
 def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tmp_path):
     tmp, patches, _, explanations = science_runs
-    result = structure_analysis(explanations, patches, tmp_path, n_boot=200, seed=1)
+    config = _config(seed=1, n_boot=200)
+    result = run(config, explanations=explanations, patches=patches, out_dir=tmp_path)
 
-    for name in ("weights.csv", "verdicts.json", "purity_sop.json", "weight_histograms.png",
-                 "weight_histograms.pdf", "example_groups.png", "example_groups_3.png"):  # fmt: skip
+    for name in (
+        "weights.csv",
+        "verdicts.json",
+        "purity_sop.json",
+        "weight_histograms.png",
+        "weight_histograms.pdf",
+        "example_groups.png",
+        "example_groups_3.png",
+    ):
         assert (tmp_path / name).is_file(), name
-    rows = _read_csv(tmp_path / "weights.csv")
+    rows = read_csv_rows(tmp_path / "weights.csv")
     names = [d.name for d in DEFAULT_DEFINITIONS]
-    assert [(r["definition"], r["output"]) for r in rows] == [(d, o) for d in names for o in ("Om", "s8")]
+    assert [(r["definition"], r["output"]) for r in rows] == [
+        (d, o) for d in names for o in ("Om", "s8")
+    ]
 
     # The void weights, recomputed here from the stores: sigma map of the explained maps' kappa,
     # a group is a void when its mean is below 0 sigma.
@@ -56,9 +61,14 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
     cluster = next(r for r in rows if r["definition"] == "cluster")
     assert int(cluster["n_groups"]) == 0 and cluster["mean_weight"] == "nan"
     saved = json.loads((tmp_path / "verdicts.json").read_text())
-    assert set(saved["verdicts"]) == set(names) == set(result["verdicts"])
-    assert "no groups in this class" in saved["verdicts"]["cluster"]
-    assert re.search(r"ratio \d", saved["verdicts"]["void"])
+    assert [v["definition"] for v in saved["verdicts"]] == names
+    assert saved["verdicts"] == result["verdicts"]
+    verdicts = {v["definition"]: v for v in saved["verdicts"]}
+    assert verdicts["cluster"]["outcome"] == "no_groups" and verdicts["cluster"]["ratio"] is None
+    assert isinstance(verdicts["void"]["ratio"], float)
+    assert verdicts["void"]["outcome"] in ("agrees", "disagrees", "inconclusive")
+    assert saved["outputs"] == ["Om", "s8"] and saved["confidence"] == 0.95
+    assert (saved["n_boot"], saved["seed"], saved["bootstrap_blocks"]) == (200, 1, "map")
     assert saved["weights"]["cluster"]["Om"]["mean_weight"] is None
     assert saved["n_maps"] == ds.sizes["sample"] == result["n_maps"]
 
@@ -75,21 +85,20 @@ def test_structure_analysis_with_own_definitions_and_cosmology_blocks(science_ru
         {"name": "cluster", "kind": "cluster", "mean_above": 0.0},
         {"name": "hot", "kind": "cluster", "fraction_above": 1.0, "min_fraction": 0.1},
     ]
-    result = structure_analysis(explanations, patches, tmp_path, definitions, n_boot=100,
-                                bootstrap_blocks="cosmology", n_examples=1)  # fmt: skip
-    assert len(_read_csv(tmp_path / "weights.csv")) == 6
+    config = _config(definitions=definitions, n_boot=100, bootstrap_blocks="cosmology")
+    result = run(config, explanations=explanations, patches=patches, out_dir=tmp_path, n_examples=1)
+    assert len(read_csv_rows(tmp_path / "weights.csv")) == 6
     assert result["weights"].attrs["n_blocks"] == 4  # the test split's cosmologies
     assert (tmp_path / "example_groups.png").is_file()
     assert not (tmp_path / "example_groups_2.png").exists()
     with pytest.raises(InputError, match="'cluster'"):
-        structure_analysis(explanations, patches, tmp_path, definitions[:1], n_boot=10)
+        config = _config(definitions=definitions[:1], n_boot=10)
+        run(config, explanations=explanations, patches=patches, out_dir=tmp_path)
 
 
 def test_structure_analysis_refuses_another_patch_store(science_runs, tmp_path):
     _, _, _, explanations = science_runs
     noisy, _ = write_stores(tmp_path, noise_level="stage3")
     with pytest.raises(InputError, match="noise_level"):
-        structure_analysis(explanations, noisy, tmp_path / "out", n_boot=10)
+        run(_config(n_boot=10), explanations=explanations, patches=noisy, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
-
-

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from fixtures.stores import draw_cosmologies, write_patch_store
 from scipy.signal.windows import tukey
 
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.noise import smooth_patches
-from cosmo_sop.storage import write_zarr
-from cosmo_sop.summary_statistics.features import (
+from cosmo_sop.kappa import smooth_maps
+from cosmo_sop.summary_statistics import (
     ARCMIN,
-    SUMMARY_DEFAULTS,
     ell_bin_edges,
     feature_names,
     fit_summary_regressor,
@@ -29,6 +29,9 @@ from cosmo_sop.summary_statistics.features import (
     snr_edges,
     summary_features,
 )
+
+#: The schema's options of the analysis.
+DEFAULTS = defaults("summary_statistics")
 
 # --------------------------------------------------------------------------------------------
 # Independent helpers: full-plane FFT (not the rfft of the module) Gaussian fields and bin means
@@ -114,7 +117,11 @@ def test_apodised_cutouts_recover_power_law():
     normalisation recover the input over the middle multipole bins."""
     pixel, big, size = 10.0, 256, 64
     fields = gaussian_fields(np.random.default_rng(2), (8, 1, big, big), pixel, power_law)
-    cutouts = fields.reshape(8, 1, 4, size, 4, size).transpose(0, 2, 4, 1, 3, 5).reshape(-1, 1, size, size)
+    cutouts = (
+        fields.reshape(8, 1, 4, size, 4, size)
+        .transpose(0, 2, 4, 1, 3, 5)
+        .reshape(-1, 1, size, size)
+    )
     edges = ell_bin_edges((size, size), pixel, 8)
     spectra, ell, _ = power_spectra(cutouts, pixel, edges, cross=False, apodisation=0.25)
     ratio = spectra[:, 0].mean(axis=0) / power_law(ell)
@@ -130,7 +137,9 @@ def white_noise_expectation(window: np.ndarray) -> np.ndarray:
     """
     dft_w, dft_w2 = np.fft.fft2(window), np.fft.fft2(window**2)
     total, total2 = window.sum(), (window**2).sum()
-    return 1 - 2 * np.real(dft_w2 * np.conj(dft_w)) / (total * total2) + np.abs(dft_w) ** 2 / total**2
+    return (
+        1 - 2 * np.real(dft_w2 * np.conj(dft_w)) / (total * total2) + np.abs(dft_w) ** 2 / total**2
+    )
 
 
 @pytest.mark.parametrize("apodisation", [0.0, 0.25, 1.0])
@@ -144,7 +153,9 @@ def test_white_noise_is_flat_at_variance_times_pixel_area(apodisation):
     spectra, _, pairs = power_spectra(noise, pixel, edges, cross=True, apodisation=apodisation)
     assert pairs.tolist() == [[0, 0], [0, 1], [1, 1]]
     window = np.outer(tukey(size, apodisation), tukey(size, apodisation))
-    factor, counts = full_plane_bin_mean(white_noise_expectation(window), full_plane_ell(size, pixel), edges)
+    factor, counts = full_plane_bin_mean(
+        white_noise_expectation(window), full_plane_ell(size, pixel), edges
+    )
     expected = s**2 * (pixel * ARCMIN) ** 2 * factor
     if apodisation == 0.0:
         np.testing.assert_allclose(factor, 1.0, atol=1e-12)
@@ -180,7 +191,7 @@ def test_too_many_ell_bins_for_the_patch_is_an_error():
 def planted_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat maps with isolated planted extrema; expected peak and minimum histograms."""
     maps = np.zeros((2, 2, 20, 20), dtype=np.float32)
-    edges = snr_edges(SUMMARY_DEFAULTS)  # -3 .. 6 in steps of 0.5: 18 bins
+    edges = snr_edges(DEFAULTS)  # -3 .. 6 in steps of 0.5: 18 bins
     peaks = np.zeros((2, 2, edges.size - 1))
     minima = np.zeros_like(peaks)
     plant = {
@@ -204,7 +215,7 @@ def planted_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_planted_peaks_and_minima_are_counted_exactly():
     maps, peaks, minima = planted_maps()
-    edges = snr_edges(SUMMARY_DEFAULTS)
+    edges = snr_edges(DEFAULTS)
     scale = np.ones(2)
     np.testing.assert_array_equal(peak_counts(maps, edges, scale, kind="max"), peaks)
     np.testing.assert_array_equal(peak_counts(maps, edges, scale, kind="min"), minima)
@@ -225,11 +236,14 @@ def test_extrema_are_strict_and_never_on_the_border():
 
 def test_peak_counts_vectorised_equals_per_map_loop():
     patches = np.random.default_rng(5).standard_normal((4, 3, 32, 32)).astype(np.float32)
-    edges, scale = snr_edges(SUMMARY_DEFAULTS), patches.std(axis=(0, 2, 3))
+    edges, scale = snr_edges(DEFAULTS), patches.std(axis=(0, 2, 3))
     for kind in ("max", "min"):
         stacked = peak_counts(patches, edges, scale, smoothing_pixels=1.0, kind=kind)
         looped = np.concatenate(
-            [peak_counts(patches[i : i + 1], edges, scale, smoothing_pixels=1.0, kind=kind) for i in range(4)]
+            [
+                peak_counts(patches[i : i + 1], edges, scale, smoothing_pixels=1.0, kind=kind)
+                for i in range(4)
+            ]
         )
         np.testing.assert_array_equal(stacked, looped)
         assert stacked.sum() > 0
@@ -240,10 +254,16 @@ def test_feature_vector_layout_and_chunk_independence():
     config = {"ell_bins": 4}
     features = summary_features(patches, 10.0, np.ones(2), config)
     names = feature_names([1, 2], config)
-    n_snr = snr_edges(SUMMARY_DEFAULTS).size - 1
+    n_snr = snr_edges(DEFAULTS).size - 1
     assert features.shape == (6, 3 * 4 + 2 * 2 * n_snr) == (6, len(names))
-    assert names[0] == "logCl_1x1_l0" and names[4] == "r_1x2_l0" and names[-1] == f"minima_2_nu{n_snr - 1}"
-    halves = [summary_features(part, 10.0, np.ones(2), config) for part in (patches[:2], patches[2:])]
+    assert (
+        names[0] == "logCl_1x1_l0"
+        and names[4] == "r_1x2_l0"
+        and names[-1] == f"minima_2_nu{n_snr - 1}"
+    )
+    halves = [
+        summary_features(part, 10.0, np.ones(2), config) for part in (patches[:2], patches[2:])
+    ]
     np.testing.assert_allclose(features, np.concatenate(halves))
 
 
@@ -268,7 +288,9 @@ def synthetic_problem(nonlinear: bool) -> tuple[np.ndarray, ...]:
 @pytest.mark.parametrize("kind", ["mlp", "ridge"])
 def test_regressors_learn_a_linear_problem(kind):
     x_tr, y_tr, x_va, y_va, x_te, y_te = synthetic_problem(nonlinear=False)
-    regressor = fit_summary_regressor(x_tr, y_tr, x_va, y_va, seed=0, kind=kind, config={"progress": False})
+    regressor = fit_summary_regressor(
+        x_tr, y_tr, x_va, y_va, seed=0, kind=kind, config={"progress": False}
+    )
     mse = ((predict(regressor, x_te) - y_te) ** 2).mean(axis=0)
     assert np.all(mse < 0.05), mse
 
@@ -277,12 +299,16 @@ def test_mlp_learns_what_ridge_cannot_and_is_deterministic():
     x_tr, y_tr, x_va, y_va, x_te, y_te = synthetic_problem(nonlinear=True)
     config = {"progress": False}
     fits = [
-        fit_summary_regressor(x_tr, y_tr, x_va, y_va, seed=seed, kind="mlp", config=config) for seed in (0, 0, 1)
+        fit_summary_regressor(x_tr, y_tr, x_va, y_va, seed=seed, kind="mlp", config=config)
+        for seed in (0, 0, 1)
     ]
     ridge = fit_summary_regressor(x_tr, y_tr, x_va, y_va, kind="ridge", config=config)
     mse_mlp = ((fits[0].predict(x_te) - y_te) ** 2).mean(axis=0)
     mse_ridge = ((ridge.predict(x_te) - y_te) ** 2).mean(axis=0)
-    assert mse_mlp[0] < 0.2 < 0.8 < mse_ridge[0], (mse_mlp, mse_ridge)  # z0^2: invisible to a linear map
+    assert mse_mlp[0] < 0.2 < 0.8 < mse_ridge[0], (
+        mse_mlp,
+        mse_ridge,
+    )  # z0^2: invisible to a linear map
     np.testing.assert_array_equal(fits[0].predict(x_te), fits[1].predict(x_te))
     assert not np.array_equal(fits[0].predict(x_te), fits[2].predict(x_te))
     assert fits[0].info["best_step"] <= fits[0].info["steps"]
@@ -290,7 +316,9 @@ def test_mlp_learns_what_ridge_cannot_and_is_deterministic():
 
 def test_regressor_rejects_bad_shapes():
     with pytest.raises(ValueError, match="need features"):
-        fit_summary_regressor(np.zeros((10, 3)), np.zeros((9, 2)), np.zeros((4, 3)), np.zeros((4, 2)))
+        fit_summary_regressor(
+            np.zeros((10, 3)), np.zeros((9, 2)), np.zeros((4, 3)), np.zeros((4, 2))
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,39 +332,25 @@ def write_store(path: Path, drop_pixel_scale: bool = False) -> Path:
     """A patch store after the contract: Gaussian fields whose amplitude is sigma_8 and whose
     slope depends on Omega_m, two correlated bins, split by cosmology."""
     rng = np.random.default_rng(8)
-    om, s8 = rng.uniform(0.15, 0.45, N_COSMO), rng.uniform(0.5, 1.1, N_COSMO)
-    c = np.repeat(np.arange(N_COSMO), N_PATCH)
-    split = np.array(["train"] * 32 + ["val"] * 8 + ["test"] * 8)[rng.permutation(N_COSMO)]
+    cosmologies = draw_cosmologies(
+        rng, N_COSMO, N_PATCH, splits=(32, 8, 8), om_range=(0.15, 0.45), s8_range=(0.5, 1.1)
+    )
+    om, s8, c = cosmologies.om, cosmologies.s8, cosmologies.index
     kappa = np.empty((c.size, N_BINS, SIZE, SIZE), np.float32)
     for i in range(N_COSMO):  # a loop over cosmologies of the test fixture, not over maps or pixels
+
         def spectrum(ell: np.ndarray, i: int = i) -> np.ndarray:
             return 1e-9 * s8[i] ** 2 * (ell / 300) ** -(1 + om[i])
 
         fields = gaussian_fields(rng, (N_PATCH, 1, SIZE, SIZE), PIXEL, spectrum)
         kappa[c == i] = np.concatenate([fields, 1.5 * fields], axis=1)
     kappa[:, 1] += rng.normal(0, 2e-3, kappa[:, 1].shape)
-    ds = xr.Dataset(
-        {"kappa": (("sample", "bin", "y", "x"), kappa)},
-        coords={
-            "Om": ("sample", om[c]),
-            "s8": ("sample", s8[c]),
-            "cosmology": ("sample", np.array([f"cosmo_{i:06d}" for i in c])),
-            "perm": ("sample", np.zeros(c.size, np.int64)),
-            "patch_lon": ("sample", np.tile(np.arange(N_PATCH) * 90.0, N_COSMO)),
-            "patch_lat": ("sample", np.zeros(c.size)),
-            "split": ("sample", split[c]),
-            "patch_index": ("sample", np.tile(np.arange(N_PATCH, dtype=np.int64), N_COSMO)),
-            "bin": ("bin", np.arange(1, N_BINS + 1, dtype=np.int64)),
-        },
-        attrs={"pixel_scale_arcmin": PIXEL, "pixel_scale": f"{PIXEL} arcmin", "nside": 64, "source": "mock"},
-    )
-    if drop_pixel_scale:
-        del ds.attrs["pixel_scale_arcmin"]
-    ds["kappa"].encoding["chunks"] = (16, N_BINS, SIZE, SIZE)
-    return write_zarr(ds, path)
+    drop = ("config", "cosmo_sop_version") + (("pixel_scale_arcmin",) if drop_pixel_scale else ())
+    coords = cosmologies.coords()
+    return write_patch_store(path, kappa, coords, pixel_arcmin=PIXEL, kappa_chunk=16, drop=drop)
 
 
-CONFIG = {"ell_bins": 6, "minima": False, "progress": False, "max_steps": 1000}
+CONFIG = {"ell_bins": 6, "minima": False, "progress": False, "max_steps": 1000, "seed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -363,11 +377,18 @@ def test_run_summary_statistics_on_a_store(store, tmp_path):
     # The unit of the peak heights: std of the smoothed train maps of each bin, pooled over chunks.
     labels = xr.open_zarr(store)
     train = labels["kappa"].values[labels["split"].values == "train"]
-    smoothed = smooth_patches(train, SUMMARY_DEFAULTS["peak_smoothing_pixels"]).astype(np.float64)
-    np.testing.assert_allclose(list(written["peak_scale"].values()), smoothed.std(axis=(0, 2, 3)), rtol=1e-10)
+    smoothed = smooth_maps(train, DEFAULTS["peak_smoothing_pixels"]).astype(np.float64)
+    np.testing.assert_allclose(
+        list(written["peak_scale"].values()), smoothed.std(axis=(0, 2, 3)), rtol=1e-10
+    )
 
     saved = np.load(out.with_suffix(".npz"))
-    assert saved["true"].shape == saved["predicted_mlp"].shape == saved["predicted_ridge"].shape == (32, 2)
+    assert (
+        saved["true"].shape
+        == saved["predicted_mlp"].shape
+        == saved["predicted_ridge"].shape
+        == (32, 2)
+    )
     np.testing.assert_array_equal(saved["true"][:, 1], labels["s8"].values[saved["sample"]])
     assert set(labels["split"].values[saved["sample"]]) == {"test"}
     mse_s8 = np.mean((saved["predicted_mlp"][:, 1] - saved["true"][:, 1]) ** 2)
@@ -378,8 +399,13 @@ def test_run_summary_statistics_on_a_store(store, tmp_path):
     # order for another batch size), hence the same results.
     again = run_summary_statistics(store, tmp_path / "again.json", CONFIG | {"chunk_samples": 7})
     for kind in ("mlp", "ridge"):
-        assert again["regressors"][kind]["mse"] == pytest.approx(result["regressors"][kind]["mse"], rel=1e-9)
-    assert again["regressors"]["mlp"]["fit"]["best_step"] == result["regressors"]["mlp"]["fit"]["best_step"]
+        assert again["regressors"][kind]["mse"] == pytest.approx(
+            result["regressors"][kind]["mse"], rel=1e-9
+        )
+    assert (
+        again["regressors"]["mlp"]["fit"]["best_step"]
+        == result["regressors"]["mlp"]["fit"]["best_step"]
+    )
     # And the same chunking gives bit-identical results.
     same = run_summary_statistics(store, tmp_path / "again.json", CONFIG)
     assert same["regressors"] == result["regressors"]
@@ -400,11 +426,20 @@ def test_run_summary_statistics_bad_input(store, tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("apodisation", 1.5), ("regressors", ["forest"]), ("hidden", [0]), ("snr_step", 0.0), ("seed", 1.5),
-     ("cross_spectra", "yes"), ("ridge_alphas", []), ("chunk_samples", 0)],
+    [
+        ("apodisation", 1.5),
+        ("regressors", ["forest"]),
+        ("hidden", [0]),
+        ("snr_step", 0.0),
+        ("seed", 1.5),
+        ("cross_spectra", "yes"),
+        ("ridge_alphas", []),
+        ("chunk_samples", 0),
+    ],
 )
 def test_config_is_checked(key, value):
     with pytest.raises(InputError, match=f"summary_statistics.{key}"):
         resolve_summary_config({key: value})
-    assert resolve_summary_config(None)["ell_bins"] == SUMMARY_DEFAULTS["ell_bins"]
-    assert math.isclose(snr_edges(SUMMARY_DEFAULTS)[-1], 6.0)
+    assert resolve_summary_config(None)["ell_bins"] == DEFAULTS["ell_bins"]
+    assert resolve_summary_config(None)["seed"] == defaults("seed")  # null: the master seed
+    assert math.isclose(snr_edges(DEFAULTS)[-1], 6.0)

@@ -6,7 +6,6 @@ follows Omega_m and whose spread follows sigma_8, so a tiny CNN can learn both.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -20,88 +19,37 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from fixtures.models import FIT_CONFIG as CONFIG
+from fixtures.models import predict_kappa as predict
+from fixtures.models import tiny_cnn as build_model
+from fixtures.records import read_csv_rows as read_csv
+from fixtures.stores import draw_cosmologies, write_patch_store
 from safetensors.torch import load_file
 from torch import nn
 
 from cosmo_sop.errors import InputError
+from cosmo_sop.models import load_sidecar, load_weights
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.training.data import PatchData
-from cosmo_sop.training.fit import evaluate, fit, load_sidecar, load_weights
-
-#: A fast, fully specified configuration (one thread: identical floats in every process).
-CONFIG = {
-    "seed": 7,
-    "epochs": 4,
-    "batch_size": 8,
-    "lr": 2e-2,
-    "patience": 10,
-    "threads": 1,
-    "progress": False,
-}
-
-
-class TinyCNN(nn.Module):
-    """Two convolutions, global average pooling, dropout (exercises the RNG), a linear head."""
-
-    def __init__(self, channels: int = 1) -> None:
-        super().__init__()
-        self.config = {"channels": channels}
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
-        )
-        self.dropout = nn.Dropout(0.1)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x).mean(dim=(-2, -1))))
-
-
-def predict(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(batch["kappa"])
-
-
-def build_model(seed: int = 0) -> TinyCNN:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return TinyCNN()
+from cosmo_sop.training import PatchData, evaluate, fit
 
 
 def write_store(path: Path, n_cosmologies: int = 24, n_patches: int = 4, size: int = 16) -> Path:
     rng = np.random.default_rng(11)
-    om = rng.uniform(0.1, 0.5, n_cosmologies)
-    s8 = rng.uniform(0.4, 1.4, n_cosmologies)
     # Split by cosmology: 16 train, 4 val, 4 test cosmologies (64 / 16 / 16 maps).
-    split_of_cosmology = np.array(["train"] * 16 + ["val"] * 4 + ["test"] * 4)[rng.permutation(n_cosmologies)]
-    c = np.repeat(np.arange(n_cosmologies), n_patches)
-    n = c.size
-    kappa = om[c, None, None, None] * 2 + s8[c, None, None, None] * rng.standard_normal((n, 1, size, size))
-    ds = xr.Dataset(
-        {"kappa": (("sample", "bin", "y", "x"), kappa.astype(np.float32))},
-        coords={
-            "Om": ("sample", om[c]),
-            "s8": ("sample", s8[c]),
-            "cosmology": ("sample", np.array([f"cosmo_{i:06d}" for i in c])),
-            "perm": ("sample", np.zeros(n, np.int64)),
-            "patch_lon": ("sample", np.tile(np.linspace(0, 270, n_patches), n_cosmologies)),
-            "patch_lat": ("sample", np.zeros(n)),
-            "split": ("sample", split_of_cosmology[c]),
-            "patch_index": ("sample", np.tile(np.arange(n_patches, dtype=np.int64), n_cosmologies)),
-            "bin": ("bin", np.array([1], np.int64)),
-        },
-        attrs={
-            "pixel_scale_arcmin": 13.7,
-            "pixel_scale": "13.7 arcmin",
-            "nside": 64,
-            "source": "mock",
-            "noise_level": "noiseless",
-            "noise": json.dumps({"name": "noiseless", "shape_noise": False}),
-            "sigma_pix": [0.0],
-            "config": "{}",
-            "cosmo_sop_version": "test",
-        },
+    cosmologies = draw_cosmologies(rng, n_cosmologies, n_patches, splits=(16, 4, 4))
+    c = cosmologies.index
+    om, s8 = cosmologies.om[c, None, None, None], cosmologies.s8[c, None, None, None]
+    kappa = om * 2 + s8 * rng.standard_normal((c.size, 1, size, size))
+    noise = {"name": "noiseless", "shape_noise": False}
+    return write_patch_store(
+        path,
+        kappa,
+        cosmologies.coords(),
+        kappa_chunk=16,
+        noise_level="noiseless",
+        noise=noise,
+        sigma_pix=[0.0],
     )
-    ds["kappa"].encoding["chunks"] = (16, 1, size, size)
-    return write_zarr(ds, path)
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +61,6 @@ def store(tmp_path_factory) -> Path:
 def data(store):
     patches = PatchData(store)
     return patches.dataset("train"), patches.dataset("val")
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
@@ -137,14 +80,24 @@ def test_loss_goes_down_metrics_and_outputs(data, tmp_path, store):
     result = fit(model, train, val, predict, config, tmp_path / "run")
     rows = read_csv(tmp_path / "run" / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == list(range(1, 11))
-    assert list(rows[0]) == ["epoch", "train_loss", "val_loss", "val_mse_Om", "val_mse_s8", "lr", "seconds"]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_mse_Om",
+        "val_mse_s8",
+        "lr",
+        "seconds",
+    ]
     train_loss = [float(r["train_loss"]) for r in rows]
     val_loss = [float(r["val_loss"]) for r in rows]
     assert train_loss[-1] < 0.5 * train_loss[0]
     assert min(val_loss) < 0.5 * val_loss[0]
     # The validation loss is the mean of the per-target MSEs.
     for r in rows:
-        assert float(r["val_loss"]) == pytest.approx((float(r["val_mse_Om"]) + float(r["val_mse_s8"])) / 2)
+        assert float(r["val_loss"]) == pytest.approx(
+            (float(r["val_mse_Om"]) + float(r["val_mse_s8"])) / 2
+        )
     # One-cycle schedule: warm up then anneal below the peak.
     lrs = [float(r["lr"]) for r in rows]
     assert max(lrs) <= config["lr"] + 1e-12 and lrs[-1] < max(lrs)
@@ -173,7 +126,9 @@ def test_loss_goes_down_metrics_and_outputs(data, tmp_path, store):
     report = evaluate(model, val, predict, device="cpu")
     best = rows[result["best_epoch"] - 1]
     for name in ("Om", "s8"):
-        assert report["mse_standardised"][name] == pytest.approx(float(best[f"val_mse_{name}"]), rel=1e-5)
+        assert report["mse_standardised"][name] == pytest.approx(
+            float(best[f"val_mse_{name}"]), rel=1e-5
+        )
         i = report["names"].index(name)
         assert report["mse"][name] == pytest.approx(
             report["mse_standardised"][name] * train.scaler.std[i] ** 2
@@ -192,7 +147,9 @@ def test_same_seed_same_run_other_seed_other_run(data, tmp_path):
     train, val = data
     results, rows, weights = [], [], []
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        results.append(fit(build_model(), train, val, predict, {**CONFIG, "seed": seed}, tmp_path / name))
+        results.append(
+            fit(build_model(), train, val, predict, {**CONFIG, "seed": seed}, tmp_path / name)
+        )
         rows.append(without_seconds(read_csv(tmp_path / name / "metrics.csv")))
         weights.append(load_weights(tmp_path / name / "model.safetensors"))
     assert rows[0] == rows[1]
@@ -207,9 +164,8 @@ RESUME_SCRIPT = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_training import CONFIG, build_model, predict
-from cosmo_sop.training.data import PatchData
-from cosmo_sop.training.fit import fit
+from fixtures.models import FIT_CONFIG as CONFIG, predict_kappa as predict, tiny_cnn as build_model
+from cosmo_sop.training import PatchData, fit
 
 store, run_dir, pause = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "pause"
 patches = PatchData(store)
@@ -269,8 +225,11 @@ def test_resume_after_sigkill_matches_uninterrupted_run(store, tmp_path):
     assert resumed.returncode == 0, out
 
     rows = read_csv(interrupted_dir / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == list(range(1, CONFIG["epochs"] + 1))  # no repeated rows
-    assert without_seconds(rows) == without_seconds(read_csv(tmp_path / "reference" / "metrics.csv"))
+    # No repeated rows.
+    assert [int(r["epoch"]) for r in rows] == list(range(1, CONFIG["epochs"] + 1))
+    assert without_seconds(rows) == without_seconds(
+        read_csv(tmp_path / "reference" / "metrics.csv")
+    )
     result = json.loads((interrupted_dir / "result.json").read_text())
     assert result == json.loads(json.dumps(reference))
     assert_same_weights(
@@ -283,9 +242,18 @@ def test_checkpoint_of_other_config_is_refused(data, tmp_path):
     train, val = data
     fit(build_model(), train, val, predict, {**CONFIG, "epochs": 1}, tmp_path / "run")
     with pytest.raises(InputError, match="another configuration"):
-        fit(build_model(), train, val, predict, {**CONFIG, "epochs": 1, "lr": 1e-2}, tmp_path / "run")
+        fit(
+            build_model(),
+            train,
+            val,
+            predict,
+            {**CONFIG, "epochs": 1, "lr": 1e-2},
+            tmp_path / "run",
+        )
     # Operational options (threads, progress bars) do not make it another run.
-    again = fit(build_model(), train, val, predict, {**CONFIG, "epochs": 1, "threads": 2}, tmp_path / "run")
+    again = fit(
+        build_model(), train, val, predict, {**CONFIG, "epochs": 1, "threads": 2}, tmp_path / "run"
+    )
     assert again["epochs_completed"] == 1
 
 
@@ -305,7 +273,9 @@ def test_trains_only_given_parameters_and_stops_early(data, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # min_delta so large that nothing after epoch 1 counts as an improvement: stop at epoch 1 + patience.
     config = {**CONFIG, "epochs": 10, "patience": 2, "min_delta": 1e9}
-    result = fit(model, train, val, predict, config, tmp_path / "run", params=model.head.parameters())
+    result = fit(
+        model, train, val, predict, config, tmp_path / "run", params=model.head.parameters()
+    )
     assert result["stopped_early"] and result["epochs_completed"] == 3 and result["best_epoch"] == 1
     after = model.state_dict()
     for key in before:
@@ -355,7 +325,9 @@ def test_segments_reach_predict_aligned_with_lazily_read_maps(store, tmp_path):
                 quartile_segments(torch.from_numpy(ds["kappa"].values)).int().numpy(),
             )
         )
-        seg = seg.drop_vars([v for v in seg.coords if v not in ("cosmology", "perm", "patch_index")])
+        seg = seg.drop_vars(
+            [v for v in seg.coords if v not in ("cosmology", "perm", "patch_index")]
+        )
     segments_store = write_zarr(seg, tmp_path / "segments.zarr")
     patches = PatchData(store, segments_store)
     train = patches.dataset("train", memory_budget_gib=0.0)

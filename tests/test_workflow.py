@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from cosmo_sop.training.runs import load_sop
+from cosmo_sop.models import load_sop
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
@@ -55,8 +55,16 @@ def tiny_config(tmp_path: Path) -> dict:
 
 def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(configfile),
-         "--cores", "2", *extra],  # fmt: skip
+        [
+            *SNAKEMAKE,
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(configfile),
+            "--cores",
+            "2",
+            *extra,
+        ],
         capture_output=True,
         text=True,
         timeout=900,
@@ -114,7 +122,9 @@ def test_demo_workflow_end_to_end(tmp_path):
     # Models per level: backbone, X-DNN and SOP, with test metrics and training curves.
     for level in ("noiseless", "noisy"):
         for model in ("backbone", "xdnn", "sop"):
-            metrics = json.loads((results / level / "models" / model / "test_metrics.json").read_text())
+            metrics = json.loads(
+                (results / level / "models" / model / "test_metrics.json").read_text()
+            )
             assert metrics["noise_level"] == level
             assert metrics["n_test_maps"] > 0 and set(metrics["mse"]) == {"Om", "s8"}
             assert (results / level / "figures" / f"training_{model}.png").stat().st_size > 10_000
@@ -132,7 +142,9 @@ def test_demo_workflow_end_to_end(tmp_path):
     segments = xr.open_zarr(results / "noisy" / "segments.zarr").segments.values[:3]
     noisy = xr.open_zarr(results / "noisy" / "patches.zarr").kappa.values[:3]
     parts = sop.explain(noisy, segments)
-    np.testing.assert_allclose((parts.scores * parts.partial).sum(axis=1), parts.prediction, atol=1e-6)
+    np.testing.assert_allclose(
+        (parts.scores * parts.partial).sum(axis=1), parts.prediction, atol=1e-6
+    )
 
     # Nothing left to do on a rerun; a new noise level reruns only its own branch.
     dry = run_snakemake(tmp_path, configfile, "--dry-run")

@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 from captum.attr import IntegratedGradients
+from fixtures.models import float64_model
 from torch import nn
 
-from cosmo_sop.attribution.xgradient import XGradient, homogeneity_violations, x_gradient
+from cosmo_sop.attribution import XGradient, homogeneity_violations, x_gradient
 from cosmo_sop.models.backbone import ConvRegressor
 
 SIZE = 32
@@ -20,9 +21,7 @@ IG_RTOL = 1e-6
 
 
 def build(seed: int, **kwargs) -> ConvRegressor:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return ConvRegressor(CHANNELS, input_size=SIZE, **kwargs).double().eval()
+    return float64_model(seed, CHANNELS, input_size=SIZE, **kwargs)
 
 
 def maps(seed: int, batch: int = 3) -> torch.Tensor:

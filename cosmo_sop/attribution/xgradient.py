@@ -113,7 +113,7 @@ class XGradient(InputXGradient):
 
     Examples
     --------
-    >>> model = ConvRegressor.xdnn(4).eval()                       # doctest: +SKIP
+    >>> model = ConvRegressor.xdnn(4).eval()  # doctest: +SKIP
     >>> attributions = XGradient(model).attribute(kappa, target=0)  # doctest: +SKIP
     """
 

@@ -1,1 +1,69 @@
-"""faithfulness"""
+"""Faithfulness of attributions of a regression model: insertion, deletion, kept features.
+
+Whether a model's prediction follows the ranking that an attribution gives its pixels (or, for
+Sum-of-Parts, its groups): insertion and deletion curves, pixel by pixel or by groups
+(:mod:`~cosmo_sop.faithfulness.curves`), the MSE of the model fed only its top pixels and the
+sparsity of group attributions, all in one stream of model calls
+(:mod:`~cosmo_sop.faithfulness.metrics`, on the engine of :mod:`~cosmo_sop.faithfulness.engine`),
+with their records (:mod:`~cosmo_sop.faithfulness.results`), the substrates and rankings they
+perturb with, and the table of several methods with its CSV
+(:mod:`~cosmo_sop.faithfulness.table`). The workflow's ``faithfulness`` step, which scores SOP
+against the baselines of :mod:`cosmo_sop.attribution`, is :mod:`cosmo_sop.faithfulness.run`
+(not imported here: it reads stores and trained models).
+"""
+
+from cosmo_sop.faithfulness.curves import (
+    DEFAULT_FRACTIONS,
+    grouped_insertion_deletion,
+    insertion_deletion,
+)
+from cosmo_sop.faithfulness.metrics import (
+    OUTPUT_NAMES,
+    faithfulness_metrics,
+    kept_features_mse,
+    sop_sparsity,
+)
+from cosmo_sop.faithfulness.ranks import group_scores_from_importance, pixel_ranks
+from cosmo_sop.faithfulness.results import (
+    BETTER,
+    DELETION,
+    GROUPED_DELETION,
+    GROUPED_INSERTION,
+    INSERTION,
+    N_GROUPS,
+    SPARSITY,
+    Curve,
+    CurvePair,
+    KeptFeatures,
+    Sparsity,
+    kept_mse_name,
+)
+from cosmo_sop.faithfulness.substrates import make_substrate
+from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
+
+__all__ = [
+    "BETTER",
+    "DEFAULT_FRACTIONS",
+    "DELETION",
+    "GROUPED_DELETION",
+    "GROUPED_INSERTION",
+    "INSERTION",
+    "N_GROUPS",
+    "OUTPUT_NAMES",
+    "SPARSITY",
+    "Curve",
+    "CurvePair",
+    "KeptFeatures",
+    "Sparsity",
+    "faithfulness_metrics",
+    "faithfulness_table",
+    "group_scores_from_importance",
+    "grouped_insertion_deletion",
+    "insertion_deletion",
+    "kept_features_mse",
+    "kept_mse_name",
+    "make_substrate",
+    "pixel_ranks",
+    "sop_sparsity",
+    "write_table_csv",
+]

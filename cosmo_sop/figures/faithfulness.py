@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cosmo_sop.faithfulness.curves import (
+from cosmo_sop.faithfulness.results import (
     DELETION,
     GROUPED_DELETION,
     GROUPED_INSERTION,
@@ -17,6 +17,7 @@ from cosmo_sop.faithfulness.curves import (
     Curve,
 )
 from cosmo_sop.figures import save_figure
+from cosmo_sop.figures.labels import tex
 
 #: Panel columns: metric key, title, x-axis label.
 PANELS = (
@@ -25,7 +26,6 @@ PANELS = (
     (GROUPED_INSERTION, "grouped insertion", "fraction of groups inserted"),
     (GROUPED_DELETION, "grouped deletion", "fraction of groups deleted"),
 )
-OUTPUT_LABELS = {"Om": r"$\Omega_{\rm m}$", "s8": r"$\sigma_8$"}
 ERROR_LABELS = {"absolute": r"$|f(x_k) - {}|$", "squared": r"$(f(x_k) - {})^2$"}
 
 
@@ -33,7 +33,7 @@ def _y_label(curve: Curve, output: str) -> str:
     reference = "f(x)" if curve.reference == "prediction" else "y"
     error = ERROR_LABELS.get(curve.error_kind, "error").format(reference)
     scale = "" if curve.normalise == "none" else " / e(0)"
-    return f"{OUTPUT_LABELS.get(output, output)}: {error}{scale}"
+    return f"{tex(output)}: {error}{scale}"
 
 
 def plot_curves(
@@ -64,9 +64,12 @@ def plot_curves(
     """
     outputs = list(dict.fromkeys(o for per_output in results.values() for o in per_output))
     present = {
-        metric for per_output in results.values() for metrics in per_output.values()
-        for metric, value in metrics.items() if isinstance(value, Curve)
-    }  # fmt: skip
+        metric
+        for per_output in results.values()
+        for metrics in per_output.values()
+        for metric, value in metrics.items()
+        if isinstance(value, Curve)
+    }
     panels = [panel for panel in PANELS if panel[0] in present]
     if not outputs or not panels:
         raise ValueError("results hold no insertion or deletion curves to plot")
@@ -86,10 +89,21 @@ def plot_curves(
                 if len(kept) > 1:
                     sem = kept.std(axis=0, ddof=1) / np.sqrt(len(kept))
                 colour = colours[method]
-                ax.fill_between(curve.position, curve.curve - sem, curve.curve + sem,
-                                color=colour, alpha=0.2, lw=0)  # fmt: skip
-                ax.plot(curve.position, curve.curve, color=colour, lw=1.4,
-                        label=f"{method} (AUC {curve.auc:.3f})")  # fmt: skip
+                ax.fill_between(
+                    curve.position,
+                    curve.curve - sem,
+                    curve.curve + sem,
+                    color=colour,
+                    alpha=0.2,
+                    lw=0,
+                )
+                ax.plot(
+                    curve.position,
+                    curve.curve,
+                    color=colour,
+                    lw=1.4,
+                    label=f"{method} (AUC {curve.auc:.3f})",
+                )
                 if column == 0:
                     ax.set_ylabel(_y_label(curve, output))
             better = "lower" if "insertion" in title else "higher"

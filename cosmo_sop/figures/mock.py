@@ -16,37 +16,51 @@ from matplotlib.figure import Figure
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures import save_figure
-from cosmo_sop.sources import cosmogrid
+from cosmo_sop.sources.cosmogrid.layout import KAPPA_GROUP, cosmology_id, map_path, metainfo_path
+from cosmo_sop.sources.cosmogrid.maps import read_kappa
+from cosmo_sop.sources.cosmogrid.metainfo import read_parameters
 from cosmo_sop.sources.mock.lognormal import lognormal_shifts
-from cosmo_sop.sources.mock.simulate import PROVENANCE_ATTR, config_record, resolve_mock_config
+from cosmo_sop.sources.mock.simulate import mock_settings
 from cosmo_sop.sources.mock.spectra import (
     auto_spectra,
     ccl_cosmology,
     convergence_spectra,
     tomographic_nz,
 )
+from cosmo_sop.sources.mock.writer import PROVENANCE_ATTR, config_record
 
 #: Number of logarithmic multipole bands of the measured spectra.
 N_BANDS = 16
 
 
-def _read_parameters(root: Path) -> tuple[np.ndarray, dict | None]:
-    """The ``parameters/grid`` table and, for a mock, its config (None for a real release)."""
-    parameters = cosmogrid.read_parameters(root, "grid")
-    with h5py.File(cosmogrid.metainfo_path(root), "r") as f:
+def _read_parameters(
+    root: Path, mock_config: Mapping[str, Any] | None
+) -> tuple[np.ndarray, dict | None]:
+    """The ``parameters/grid`` table and, for a mock, its config (None for a real release),
+    checked to be ``mock_config`` if that is given."""
+    parameters = read_parameters(root, "grid")
+    with h5py.File(metainfo_path(root), "r") as f:
         record = f.attrs.get(PROVENANCE_ATTR)
-    return parameters, (json.loads(record)["config"] if record is not None else None)
+    config = json.loads(record)["config"] if record is not None else None
+    if mock_config is not None:
+        expected = json.loads(json.dumps(config_record(mock_settings(mock_config))))
+        if config is None or config != expected:
+            raise InputError(
+                metainfo_path(root),
+                "was not written by the mock with the given mock config; rerun simulate-mock",
+            )
+    return parameters, config
 
 
 def _read_maps(path: Path) -> np.ndarray:
     """All tomographic bins of one map file, through the same reader as the ingest step."""
     try:
         with h5py.File(path, "r") as f:
-            names = list(f.get(cosmogrid.KAPPA_GROUP, {}))
+            names = list(f.get(KAPPA_GROUP, {}))
     except OSError:
         names = []  # missing or unreadable: read_kappa names the problem
     n_bins = max(1, sum(name.startswith("stage3_lensing") for name in names))
-    return cosmogrid.read_kappa(path, list(range(1, n_bins + 1)))
+    return read_kappa(path, list(range(1, n_bins + 1)))
 
 
 def _band_average(
@@ -123,67 +137,71 @@ def plot_mock_overview(
         The PNG written.
     """
     root = Path(root)
-    parameters, config = _read_parameters(root)
-    if mock_config is not None:
-        expected = json.loads(json.dumps(config_record(resolve_mock_config(mock_config))))
-        if config is None or config != expected:
-            raise InputError(
-                cosmogrid.metainfo_path(root),
-                "was not written by the mock with the given mock config; rerun simulate-mock",
-            )
+    parameters, config = _read_parameters(root, mock_config)
     rows = parameters[: max(1, n_cosmologies)]
-    maps = [_read_maps(cosmogrid.map_path(root, row["path_par"], perm, False)) for row in rows]
+    maps = [_read_maps(map_path(root, row["path_par"], perm, False)) for row in rows]
     n_bins, npix = maps[0].shape
     nside = hp.npix2nside(npix)
     lmax = min(3 * nside - 1, config["lmax"] if config else 2 * nside)
-    ell = np.arange(lmax + 1)
-    edges = np.unique(np.geomspace(2, lmax + 1, N_BANDS + 1).astype(int))
-
-    theory = shifts = None
+    theory = _theory(rows, config, lmax)
     titles = [f"bin {b + 1}" for b in range(n_bins)]
-    if config is not None:
-        z, nz = tomographic_nz(config["redshift"])
-        theory = [
-            auto_spectra(convergence_spectra(ccl_cosmology(row), z, nz, lmax)) for row in rows
-        ]
-        shifts = [lognormal_shifts(z, nz, row["Om"]) for row in rows]
-        z_mean = np.trapezoid(z * nz, z, axis=-1)
-        titles = [f"{title}, <z> = {zm:.2f}" for title, zm in zip(titles, z_mean)]
+    if theory is not None:
+        titles = [f"{title}, <z> = {zm:.2f}" for title, zm in zip(titles, theory["z_mean"])]
 
     fig = Figure(figsize=(3.2 * n_bins, 8.4), layout="constrained")
     axes = fig.subplots(3, n_bins, squeeze=False, height_ratios=[1.0, 1.2, 1.2])
     for b in range(n_bins):
         _draw_map(fig, axes[0, b], maps[0][b], titles[b], xsize)
-        ax_cl, ax_pdf = axes[1, b], axes[2, b]
-        for i, (row, kappa) in enumerate(zip(rows, maps)):
-            colour = f"C{i}"
-            label = rf"$\Omega_m$={row['Om']:.3f}, $\sigma_8$={row['s8']:.3f}"
-            cl = hp.anafast(kappa[b].astype(np.float64), lmax=lmax)
-            centres, measured = _band_average(ell, cl, edges)
-            ax_cl.plot(centres, measured, "o", ms=3, color=colour, label=label)
-            if theory is not None:
-                dl = ell * (ell + 1) * theory[i][b] / (2 * np.pi)
-                ax_cl.plot(ell[2:], dl[2:], "-", lw=1, color=colour)
-            density, bin_edges = np.histogram(kappa[b], bins=80, density=True)
-            ax_pdf.stairs(density, bin_edges, color=colour, label=label)
-            if shifts is not None:
-                ax_pdf.axvline(-shifts[i][b], color=colour, ls=":", lw=1)
-        ax_cl.set(xscale="log", yscale="log", xlabel=r"$\ell$")
-        ax_pdf.set(yscale="log", xlabel=r"$\kappa$")
-        ax_pdf.locator_params(axis="x", nbins=4)
-
+        _draw_bin(axes[1, b], axes[2, b], b, rows, maps, theory, lmax)
     axes[1, 0].set_ylabel(r"$\ell(\ell+1)C_\ell/2\pi$")
     axes[2, 0].set_ylabel("PDF")
     legend_title = "points: anafast, lines: CCL" if theory is not None else None
     axes[1, 0].legend(fontsize=7, title=legend_title, title_fontsize=7)
-    if shifts is not None:
+    if theory is not None:
         axes[2, 0].legend(fontsize=7, title=r"dotted: floor $-\lambda$", title_fontsize=7)
     first = rows[0]
     source = "cosmo-sop mock" if config is not None else "CosmoGridV1"
     fig.suptitle(
         f"{source} (nside {nside}, perm {perm}); "
-        f"maps: {cosmogrid.cosmology_id(first['path_par'])}, "
+        f"maps: {cosmology_id(first['path_par'])}, "
         rf"$\Omega_m$={first['Om']:.3f}, $\sigma_8$={first['s8']:.3f}"
     )
 
     return save_figure(fig, out_png, pdf=pdf, dpi=130)
+
+
+def _theory(rows: np.ndarray, config: dict | None, lmax: int) -> dict | None:
+    """CCL spectra (``cl``), lognormal floors (``shifts``) and mean redshift of each bin
+    (``z_mean``) that the mock used for ``rows``; None for a tree the mock did not write."""
+    if config is None:
+        return None
+    z, nz = tomographic_nz(config["redshift"])
+    return {
+        "cl": [auto_spectra(convergence_spectra(ccl_cosmology(row), z, nz, lmax)) for row in rows],
+        "shifts": [lognormal_shifts(z, nz, row["Om"]) for row in rows],
+        "z_mean": np.trapezoid(z * nz, z, axis=-1),
+    }
+
+
+def _draw_bin(
+    ax_cl, ax_pdf, b: int, rows: np.ndarray, maps: list, theory: dict | None, lmax: int
+) -> None:
+    """Measured spectra against theory, and one-point PDFs, of bin ``b`` of every row."""
+    ell = np.arange(lmax + 1)
+    edges = np.unique(np.geomspace(2, lmax + 1, N_BANDS + 1).astype(int))
+    for i, (row, kappa) in enumerate(zip(rows, maps)):
+        colour = f"C{i}"
+        label = rf"$\Omega_m$={row['Om']:.3f}, $\sigma_8$={row['s8']:.3f}"
+        cl = hp.anafast(kappa[b].astype(np.float64), lmax=lmax)
+        centres, measured = _band_average(ell, cl, edges)
+        ax_cl.plot(centres, measured, "o", ms=3, color=colour, label=label)
+        if theory is not None:
+            dl = ell * (ell + 1) * theory["cl"][i][b] / (2 * np.pi)
+            ax_cl.plot(ell[2:], dl[2:], "-", lw=1, color=colour)
+        density, bin_edges = np.histogram(kappa[b], bins=80, density=True)
+        ax_pdf.stairs(density, bin_edges, color=colour, label=label)
+        if theory is not None:
+            ax_pdf.axvline(-theory["shifts"][i][b], color=colour, ls=":", lw=1)
+    ax_cl.set(xscale="log", yscale="log", xlabel=r"$\ell$")
+    ax_pdf.set(yscale="log", xlabel=r"$\kappa$")
+    ax_pdf.locator_params(axis="x", nbins=4)

@@ -44,8 +44,15 @@ def _sky_panel(fig: Figure, spec, dataset: xr.Dataset, shown_patches: np.ndarray
         x[np.flatnonzero(np.abs(np.diff(x)) > np.pi) + 1] = np.nan  # break at the +-180 seam
         filled = index[i] in shown_patches
         ax.plot(x, y, color="tab:red" if filled else "0.3", lw=1.2 if filled else 0.6)
-        ax.text(-np.radians((lon[i] + 180.0) % 360.0 - 180.0), np.radians(lat[i]),
-                str(index[i]), ha="center", va="center", fontsize=5, color="0.3")
+        ax.text(
+            -np.radians((lon[i] + 180.0) % 360.0 - 180.0),
+            np.radians(lat[i]),
+            str(index[i]),
+            ha="center",
+            va="center",
+            fontsize=5,
+            color="0.3",
+        )
     ticks = np.radians([-120, -60, 0, 60, 120])
     ax.set_xticks(ticks, labels=[f"{(-np.degrees(t)) % 360:.0f}°" for t in ticks])
     ax.tick_params(labelsize="x-small")
@@ -86,8 +93,14 @@ def plot_patches(
         norm = TwoSlopeNorm(vcenter=0.0, vmin=min(lo, -1e-12), vmax=max(hi, 1e-12))
         for r, sample in enumerate(rows):
             ax = fig.add_subplot(grid[1 + r, b])
-            image = ax.imshow(maps[r, b], cmap="RdBu_r", norm=norm, origin="lower",
-                              extent=extent, interpolation="nearest")
+            image = ax.imshow(
+                maps[r, b],
+                cmap="RdBu_r",
+                norm=norm,
+                origin="lower",
+                extent=extent,
+                interpolation="nearest",
+            )
             ax.tick_params(labelsize="x-small")
             if b == 0:
                 ax.set_title(_row_title(dataset, int(sample)), loc="left", fontsize="small")
@@ -101,8 +114,9 @@ def plot_patches(
         cax = fig.add_subplot(grid[n_rows + 1, b])
         cbar = fig.colorbar(image, cax=cax, orientation="horizontal")
         cbar.set_label(rf"$\kappa$, bin {bins[b]}", fontsize="small")
-        cbar.set_ticks([norm.vmin, 0.0, norm.vmax],
-                       labels=[f"{norm.vmin:.2g}", "0", f"{norm.vmax:.2g}"])
+        cbar.set_ticks(
+            [norm.vmin, 0.0, norm.vmax], labels=[f"{norm.vmin:.2g}", "0", f"{norm.vmax:.2g}"]
+        )
         cbar.ax.tick_params(labelsize="x-small")
 
     fig.suptitle(
@@ -115,8 +129,11 @@ def plot_patches(
 
 
 def _row_title(dataset: xr.Dataset, sample: int) -> str:
-    values = {name: dataset[name].values[sample] for name in
-              ("Om", "s8", "split", "cosmology", "perm", "patch_index") if name in dataset.coords}
+    values = {
+        name: dataset[name].values[sample]
+        for name in ("Om", "s8", "split", "cosmology", "perm", "patch_index")
+        if name in dataset.coords
+    }
     parts = []
     if "Om" in values and "s8" in values:
         parts.append(rf"$\Omega_m$ = {values['Om']:.3f}, $\sigma_8$ = {values['s8']:.3f}")

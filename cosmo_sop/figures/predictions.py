@@ -1,8 +1,9 @@
 """How well the models recover (Omega_m, sigma_8): predicted against true values on the test
 split, and the test error per noise level.
 
-The predictions are read from the run folders of one noise level (see
-:mod:`cosmo_sop.model_runs` and :mod:`cosmo_sop.summary_statistics`)::
+The predictions are read from the run folders of one noise level (paths from
+:mod:`cosmo_sop.layout`; written by :mod:`cosmo_sop.training.runs` and
+:mod:`cosmo_sop.summary_statistics.run`)::
 
     <level>/models/<model>/test_predictions.npz   sample, predictions (N, 2), targets (N, 2), names
     <level>/summary_statistics.npz                names, sample, true, predicted_<regressor>
@@ -21,19 +22,19 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from cosmo_sop import layout
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures import save_figure
+from cosmo_sop.figures.labels import MODEL_LABELS, summary_label, tex
 
-#: Run folders under ``<level>/models`` in display order, and their names in figures and tables.
-MODEL_LABELS: dict[str, str] = {"backbone": "CNN backbone", "xdnn": "X-DNN", "sop": "SOP"}
-#: Display name of a summary-statistics regressor (``predicted_<kind>`` in the .npz).
-SUMMARY_LABEL = "Summary statistics ({})"
-#: Display names of the parameters.
-LATEX = {"Om": r"$\Omega_{\rm m}$", "s8": r"$\sigma_8$"}
 #: Colours of the known models, the same in every figure; others take :data:`COLOURS` in turn.
-MODEL_COLOURS = {"CNN backbone": "tab:blue", "X-DNN": "tab:green", "SOP": "tab:red",
-                 SUMMARY_LABEL.format("mlp"): "tab:purple",
-                 SUMMARY_LABEL.format("ridge"): "tab:orange"}
+MODEL_COLOURS = {
+    "CNN backbone": "tab:blue",
+    "X-DNN": "tab:green",
+    "SOP": "tab:red",
+    summary_label("mlp"): "tab:purple",
+    summary_label("ridge"): "tab:orange",
+}
 COLOURS = ("tab:brown", "tab:gray", "tab:olive", "tab:cyan", "tab:pink")
 #: Bins of the true value for the running median drawn over each scatter; with at most
 #: ``MAX_DISCRETE`` distinct true values (a grid of cosmologies) the median is per value.
@@ -53,7 +54,10 @@ def _load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
 
 
 def _ordered(
-    true: np.ndarray, predicted: np.ndarray, file_names: Sequence[str], names: Sequence[str],
+    true: np.ndarray,
+    predicted: np.ndarray,
+    file_names: Sequence[str],
+    names: Sequence[str],
     path: Path,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Columns of ``true`` and ``predicted`` in the order of ``names``, checked."""
@@ -61,8 +65,11 @@ def _ordered(
     predicted = np.asarray(predicted, dtype=np.float64)
     file_names = [str(n) for n in file_names]
     if true.ndim != 2 or true.shape != predicted.shape or true.shape[1] != len(file_names):
-        raise InputError(path, f"targets {true.shape} and predictions {predicted.shape} must both "
-                         f"be (N, {len(file_names)}) for parameters {file_names}")
+        raise InputError(
+            path,
+            f"targets {true.shape} and predictions {predicted.shape} must both "
+            f"be (N, {len(file_names)}) for parameters {file_names}",
+        )
     missing = [n for n in names if n not in file_names]
     if missing:
         raise InputError(path, f"has no parameter(s) {missing} (it holds {file_names})")
@@ -98,26 +105,37 @@ def read_model_predictions(
         For a file that exists but is unreadable or lacks the parameters.
     """
     level_dir = Path(level_dir)
-    models = level_dir / "models"
-    folders = [models / m for m in MODEL_LABELS]
-    if models.is_dir():
-        folders += sorted(p for p in models.iterdir() if p.is_dir() and p.name not in MODEL_LABELS)
+    results, level = level_dir.parent, level_dir.name
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for folder in folders:
-        path = folder / "test_predictions.npz"
+    for folder in model_folders(level_dir):
+        path = folder / layout.TEST_PREDICTIONS
         if not path.is_file():
             continue
         arrays = _load_npz(path, ("predictions", "targets", "names"))
         label = MODEL_LABELS.get(folder.name, folder.name)
-        out[label] = _ordered(arrays["targets"], arrays["predictions"], arrays["names"], names,
-                              path)
-    path = level_dir / "summary_statistics.npz"
+        out[label] = _ordered(
+            arrays["targets"], arrays["predictions"], arrays["names"], names, path
+        )
+    path = layout.summary_statistics_predictions(results, level)
     if path.is_file():
         arrays = _load_npz(path, ("true", "names"))
         for key in sorted(k for k in arrays if k.startswith("predicted_")):
-            label = SUMMARY_LABEL.format(key.removeprefix("predicted_"))
+            label = summary_label(key.removeprefix("predicted_"))
             out[label] = _ordered(arrays["true"], arrays[key], arrays["names"], names, path)
     return out
+
+
+def model_folders(level_dir: str | os.PathLike) -> list[Path]:
+    """Run folders of one noise level: the workflow's models (:data:`cosmo_sop.layout.MODELS`)
+    first, whether they exist or not, then any other folder beside them in name order."""
+    level_dir = Path(level_dir)
+    results, level = level_dir.parent, level_dir.name
+    folders = [layout.model_dir(results, level, model) for model in layout.MODELS]
+    models = folders[0].parent
+    if models.is_dir():
+        known = set(layout.MODELS)
+        folders += sorted(p for p in models.iterdir() if p.is_dir() and p.name not in known)
+    return folders
 
 
 def _colours(models: Sequence[str]) -> dict[str, str]:
@@ -137,8 +155,10 @@ def _running_median(true: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray
     if n_bins < 2:
         return np.empty(0), np.empty(0)
     chunks = np.array_split(order, n_bins)
-    return (np.array([np.median(true[c]) for c in chunks]),
-            np.array([np.median(predicted[c]) for c in chunks]))
+    return (
+        np.array([np.median(true[c]) for c in chunks]),
+        np.array([np.median(predicted[c]) for c in chunks]),
+    )
 
 
 def plot_predicted_vs_true(
@@ -170,10 +190,17 @@ def plot_predicted_vs_true(
     checked = {}
     for model, pair in predictions.items():
         true, predicted = (np.asarray(a, dtype=np.float64) for a in pair)
-        if true.ndim != 2 or true.shape != predicted.shape or true.shape[1] != len(names) \
-                or true.shape[0] == 0:
-            raise InputError(f"predictions of {model!r}", f"targets {true.shape} and predictions "
-                             f"{predicted.shape} must both be (N > 0, {len(names)})")
+        if (
+            true.ndim != 2
+            or true.shape != predicted.shape
+            or true.shape[1] != len(names)
+            or true.shape[0] == 0
+        ):
+            raise InputError(
+                f"predictions of {model!r}",
+                f"targets {true.shape} and predictions "
+                f"{predicted.shape} must both be (N > 0, {len(names)})",
+            )
         if not (np.isfinite(true).all() and np.isfinite(predicted).all()):
             raise InputError(f"predictions of {model!r}", "must be finite")
         checked[model] = (true, predicted)
@@ -187,8 +214,9 @@ def plot_predicted_vs_true(
             colour = colours[model]
             mse = float(np.mean((predicted[:, p] - true[:, p]) ** 2))
             alpha = float(np.clip(150.0 / true.shape[0], 0.04, 0.6))
-            ax.scatter(true[:, p], predicted[:, p], s=5, color=colour, alpha=alpha, lw=0,
-                       rasterized=True)
+            ax.scatter(
+                true[:, p], predicted[:, p], s=5, color=colour, alpha=alpha, lw=0, rasterized=True
+            )
             x, y = _running_median(true[:, p], predicted[:, p])
             ax.plot(x, y, color=colour, lw=1.6, label=f"{model}: MSE {mse:.3g}")
             low = min(low, true[:, p].min(), predicted[:, p].min())
@@ -199,14 +227,16 @@ def plot_predicted_vs_true(
         ax.set_xlim(limits)
         ax.set_ylim(limits)
         ax.set_aspect("equal")
-        label = LATEX.get(name, name)
+        label = tex(name)
         ax.set_xlabel(f"true {label}")
         ax.set_ylabel(f"predicted {label}")
         ax.legend(fontsize="x-small", loc="upper left", frameon=False)
     n_maps = sorted({t.shape[0] for t, _ in checked.values()})
     maps = f"{n_maps[0]} test maps" if len(n_maps) == 1 else f"{n_maps[0]}-{n_maps[-1]} test maps"
-    fig.suptitle(title or f"Predicted vs true on the test split ({maps}; lines: median prediction)",
-                 fontsize="medium")
+    fig.suptitle(
+        title or f"Predicted vs true on the test split ({maps}; lines: median prediction)",
+        fontsize="medium",
+    )
     return save_figure(fig, out_png)
 
 
@@ -244,25 +274,41 @@ def plot_mse_per_level(
     colours = _colours(models)
     width = 0.8 / len(models)
     x = np.arange(len(levels))
-    fig = Figure(figsize=(max(4.0, 1.1 + 0.35 * len(models) * len(levels)) * len(names), 4.2),
-                 layout="constrained")
+    fig = Figure(
+        figsize=(max(4.0, 1.1 + 0.35 * len(models) * len(levels)) * len(names), 4.2),
+        layout="constrained",
+    )
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, name in zip(axes, names):
         for m, model in enumerate(models):
             heights = np.array([value(level, model, name) for level in levels])
             offsets = x - 0.4 + (m + 0.5) * width
-            bars = ax.bar(offsets, np.nan_to_num(heights), width * 0.92,
-                          color=colours[model], label=model)
-            ax.bar_label(bars, labels=[f"{h:.3g}" if np.isfinite(h) else "" for h in heights],
-                         fontsize="xx-small", rotation=90, padding=2)
+            bars = ax.bar(
+                offsets, np.nan_to_num(heights), width * 0.92, color=colours[model], label=model
+            )
+            ax.bar_label(
+                bars,
+                labels=[f"{h:.3g}" if np.isfinite(h) else "" for h in heights],
+                fontsize="xx-small",
+                rotation=90,
+                padding=2,
+            )
         ax.set_xticks(x, levels)
         ax.set_xlabel("noise level")
-        ax.set_ylabel(f"test MSE of standardised {LATEX.get(name, name)}")
+        ax.set_ylabel(f"test MSE of standardised {tex(name)}")
         ax.margins(y=0.25)
-        ax.set_title(LATEX.get(name, name))
+        ax.set_title(tex(name))
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(models), 4),
-               fontsize="small", frameon=False)
-    fig.suptitle(title or "Test error per noise level (lower is better; 1 = predicting the mean)",
-                 fontsize="medium")
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(len(models), 4),
+        fontsize="small",
+        frameon=False,
+    )
+    fig.suptitle(
+        title or "Test error per noise level (lower is better; 1 = predicting the mean)",
+        fontsize="medium",
+    )
     return save_figure(fig, out_png)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
@@ -12,20 +11,27 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullFormatter
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures import save_figure
+from cosmo_sop.storage import read_csv
 
 
 def read_metrics(metrics_csv: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Columns of a ``metrics.csv`` written by :func:`cosmo_sop.training.fit`, as float arrays."""
+    """Columns of a ``metrics.csv`` written by :func:`cosmo_sop.training.fit`, as float arrays.
+
+    Raises
+    ------
+    InputError
+        If the file is missing, lacks the loss columns or a row, or holds non-numbers.
+    """
     path = Path(metrics_csv)
-    if not path.is_file():
+    table = read_csv(path)
+    if table is None:
         raise InputError(path, "metrics file not found (train the model first)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    header, rows = table
     required = {"epoch", "train_loss", "val_loss"}
-    if not rows or not required <= set(rows[0]):
+    if not rows or not required <= set(header):
         raise InputError(path, f"needs a header with {sorted(required)} and at least one row")
     try:
-        return {key: np.array([float(r[key]) for r in rows]) for key in rows[0]}
+        return {key: np.array([float(row[i]) for row in rows]) for i, key in enumerate(header)}
     except (TypeError, ValueError) as exc:
         raise InputError(path, f"non-numeric value ({exc})") from None
 

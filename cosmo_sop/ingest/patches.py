@@ -3,8 +3,9 @@
 The patch centres are the pixel centres of a coarse HEALPix grid (``centres_nside``, so
 ``12 centres_nside^2`` patches per sphere, spread evenly over the sky). Each patch is the
 tangent-plane (gnomonic) projection about its centre, sampled on a ``patch_size`` x
-``patch_size`` grid of ``resolution_arcmin`` pixels; the default 66 x 66 pixels of 13.7 arcmin
-match the native resolution of nside 256 (about 13.7 arcmin) and cover 15 deg x 15 deg.
+``patch_size`` grid of ``resolution_arcmin`` pixels; the config's default 66 x 66 pixels of
+13.7 arcmin match the native resolution of nside 256 (about 13.7 arcmin) and cover
+15 deg x 15 deg.
 
 The projection is done once: :func:`patch_pixel_indices` turns (nside, centres, size,
 resolution) into the HEALPix pixel of every patch pixel, and :func:`extract_patches` is then a
@@ -21,9 +22,6 @@ import numpy as np
 from healpy.projector import GnomonicProj
 
 from cosmo_sop.errors import InputError
-
-DEFAULT_PATCH_SIZE = 66
-DEFAULT_RESOLUTION_ARCMIN = 13.7
 
 
 def patch_centres(centres_nside: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,8 +84,8 @@ def patch_pixel_indices(
     nside: int,
     lon: np.ndarray,
     lat: np.ndarray,
-    patch_size: int = DEFAULT_PATCH_SIZE,
-    resolution_arcmin: float = DEFAULT_RESOLUTION_ARCMIN,
+    patch_size: int,
+    resolution_arcmin: float,
 ) -> np.ndarray:
     """HEALPix pixel (RING) under every pixel of every gnomonic patch.
 
@@ -150,8 +148,8 @@ def extract_patches(maps: np.ndarray, indices: np.ndarray) -> np.ndarray:
 def patch_outline(
     lon: float,
     lat: float,
-    patch_size: int = DEFAULT_PATCH_SIZE,
-    resolution_arcmin: float = DEFAULT_RESOLUTION_ARCMIN,
+    patch_size: int,
+    resolution_arcmin: float,
     points_per_side: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Longitude and latitude (degrees) along the edge of one patch, a closed curve.

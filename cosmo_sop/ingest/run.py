@@ -1,22 +1,22 @@
 """Ingest: HEALPix convergence maps -> one Zarr store of flat patches, split by cosmology.
 
 The dataset is built lazily with dask: one task per map file reads its bins
-(:func:`cosmo_sop.cosmogrid.read_kappa`) and cuts every patch with one gather
-(:func:`cosmo_sop.patches.extract_patches`); the per-file blocks are concatenated along
+(:func:`cosmo_sop.sources.cosmogrid.read_kappa`) and cuts every patch with one gather
+(:func:`cosmo_sop.ingest.patches.extract_patches`); the per-file blocks are concatenated along
 ``sample`` and rechunked to about ``ingest.chunk_samples`` (a whole number of maps, see
 :func:`aligned_chunk`) before the atomic Zarr write. Memory therefore stays near one map per
 worker plus the output chunks being written.
 
 The store follows the patch-dataset contract of the project (``kappa(sample, bin, y, x)``
 float32 with ``sample`` coordinates Om, s8, cosmology, perm, patch_lon, patch_lat,
-patch_index, split and the ``bin`` coordinate).
+patch_index, split and the ``bin`` coordinate). The split is by cosmology
+(:mod:`cosmo_sop.ingest.split`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,64 +37,10 @@ from cosmo_sop.ingest.patches import (
     patch_centres,
     patch_pixel_indices,
 )
+from cosmo_sop.ingest.split import split_cosmologies
 from cosmo_sop.sources import cosmogrid
 from cosmo_sop.sources.cosmogrid import MapRecord
 from cosmo_sop.storage import write_zarr
-
-SPLITS = ("train", "val", "test")
-#: Tag that derives the split's random stream from the master seed (other steps use others).
-_SPLIT_STREAM = 1
-
-
-def split_counts(n_cosmologies: int, fractions: Mapping[str, float]) -> dict[str, int]:
-    """Number of cosmologies per split, summing to ``n_cosmologies``.
-
-    Largest-remainder rounding of ``fraction * n``; then every split with a non-zero fraction
-    gets at least one cosmology while enough cosmologies exist (taken from the largest split),
-    so that a small demo still has a validation and a test set.
-    """
-    weights = np.array([float(fractions.get(name, 0.0)) for name in SPLITS])
-    if weights.min() < 0 or weights.sum() <= 0:
-        raise InputError(
-            "config key 'ingest.split'", f"needs non-negative fractions, got {weights.tolist()}"
-        )
-    exact = weights / weights.sum() * n_cosmologies
-    counts = np.floor(exact).astype(int)
-    by_remainder = np.argsort(-(exact - counts), kind="stable")
-    counts[by_remainder[: n_cosmologies - counts.sum()]] += 1
-    for k in np.argsort(-weights, kind="stable"):
-        donor = int(np.argmax(counts))
-        if weights[k] > 0 and counts[k] == 0 and counts[donor] > 1:
-            counts[donor] -= 1
-            counts[k] += 1
-    empty = [name for name, w, c in zip(SPLITS, weights, counts, strict=True) if w > 0 and c == 0]
-    if empty:
-        warnings.warn(
-            f"only {n_cosmologies} cosmolog{'y' if n_cosmologies == 1 else 'ies'}: "
-            f"split(s) {', '.join(empty)} stay empty",
-            stacklevel=2,
-        )
-    return dict(zip(SPLITS, counts.tolist(), strict=True))
-
-
-def split_cosmologies(
-    cosmologies: Sequence[str], fractions: Mapping[str, float], seed: int
-) -> dict[str, str]:
-    """Assign every cosmology to ``train``, ``val`` or ``test``.
-
-    Splitting by cosmology (not by patch or permutation) keeps every view of one cosmology in
-    one split, so validation and test measure generalisation to unseen parameters. The
-    assignment depends only on the set of ids and the seed, not on their order.
-
-    Returns
-    -------
-    dict mapping cosmology id -> split name.
-    """
-    ids = sorted(set(cosmologies))
-    counts = split_counts(len(ids), fractions)
-    shuffled = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(len(ids))
-    names = np.repeat(SPLITS, [counts[name] for name in SPLITS])
-    return {ids[i]: str(name) for i, name in zip(shuffled, names, strict=True)}
 
 
 def aligned_chunk(chunk_samples: int, n_patch: int) -> int:
@@ -141,7 +87,7 @@ def patch_dataset(
     Parameters
     ----------
     maps
-        Files to ingest (:func:`cosmo_sop.cosmogrid.list_maps`).
+        Files to ingest (:func:`cosmo_sop.sources.cosmogrid.list_maps`).
     settings
         The ``ingest`` config section (bins, patch_size, resolution_arcmin, centres_nside,
         split, chunk_samples; the chunk is rounded by :func:`aligned_chunk`).
@@ -160,9 +106,33 @@ def patch_dataset(
     centres_nside = int(settings["centres_nside"])
     check_patches_disjoint(centres_nside, size, resolution)
     nside = cosmogrid.map_nside(maps[0].path, bins, ia_amplitude)
-
     lon, lat = patch_centres(centres_nside)
-    n_patch = lon.size
+
+    geometry = (size, resolution, centres_nside)
+    kappa = _lazy_patches(maps, bins, ia_amplitude, nside, lon, lat, geometry)
+    kappa = kappa.rechunk({0: aligned_chunk(int(settings["chunk_samples"]), lon.size)})
+    splits = split_cosmologies([m.cosmology for m in maps], settings["split"], seed)
+    coords = _sample_coords(maps, splits, lon, lat)
+    coords["bin"] = ("bin", np.asarray(bins, dtype=np.int64))
+    kappa_attrs = {"long_name": "weak-lensing convergence", "units": "1"}
+    dims = ("sample", "bin", "y", "x")
+    dataset = xr.Dataset({"kappa": (dims, kappa, kappa_attrs)}, coords=coords)
+    dataset.attrs["nside"] = int(nside)
+    return dataset
+
+
+def _lazy_patches(
+    maps: Sequence[MapRecord],
+    bins: list[int],
+    ia_amplitude: float | None,
+    nside: int,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    geometry: tuple[int, float, int],
+) -> da.Array:
+    """Patches (sample, bin, y, x) of every file, one dask task per file, map-major;
+    ``geometry`` is (patch_size, resolution_arcmin, centres_nside)."""
+    size, resolution, centres_nside = geometry
     # Explicit task names: tokenising the (large) lookup once per task would cost more than
     # the gather itself.
     token = tokenize(
@@ -176,21 +146,26 @@ def patch_dataset(
     blocks = [
         da.from_delayed(
             read(path, bins, ia_amplitude, nside, indices, dask_key_name=f"patches-{token}-{i}"),
-            shape=(n_patch, len(bins), size, size),
+            shape=(lon.size, len(bins), size, size),
             dtype=np.float32,
         )
         for i, path in enumerate(m.path for m in maps)
     ]
-    chunk = aligned_chunk(int(settings["chunk_samples"]), n_patch)
-    kappa = da.concatenate(blocks, axis=0).rechunk({0: chunk})
+    return da.concatenate(blocks, axis=0)
 
-    splits = split_cosmologies([m.cosmology for m in maps], settings["split"], seed)
+
+def _sample_coords(
+    maps: Sequence[MapRecord], splits: Mapping[str, str], lon: np.ndarray, lat: np.ndarray
+) -> dict[str, tuple]:
+    """The ``sample`` coordinates: labels of each map repeated over its patches, and the
+    patch index and centre of each sample."""
+    n_patch = lon.size
 
     def per_map(values: list, dtype) -> np.ndarray:
         return np.repeat(np.asarray(values, dtype=dtype), n_patch)
 
     sample = ("sample",)
-    coords = {
+    return {
         "Om": (sample, per_map([m.Om for m in maps], np.float64)),
         "s8": (sample, per_map([m.s8 for m in maps], np.float64)),
         "cosmology": (sample, per_map([m.cosmology for m in maps], str)),
@@ -199,13 +174,7 @@ def patch_dataset(
         "patch_index": (sample, np.tile(np.arange(n_patch, dtype=np.int64), len(maps))),
         "patch_lon": (sample, np.tile(lon, len(maps)), {"units": "deg"}),
         "patch_lat": (sample, np.tile(lat, len(maps)), {"units": "deg"}),
-        "bin": ("bin", np.asarray(bins, dtype=np.int64)),
     }
-    kappa_attrs = {"long_name": "weak-lensing convergence", "units": "1"}
-    dims = ("sample", "bin", "y", "x")
-    dataset = xr.Dataset({"kappa": (dims, kappa, kappa_attrs)}, coords=coords)
-    dataset.attrs["nside"] = int(nside)
-    return dataset
 
 
 def ingest(
@@ -258,14 +227,15 @@ def ingest(
         return write_zarr(dataset, output)
 
 
-def ingest_config(
+def run(
     config: Mapping[str, Any],
     *,
     root: str | os.PathLike,
     output: str | os.PathLike,
     workers: int = 1,
 ) -> Path:
-    """Ingest as the validated ``config`` says, from the release (or mock) at ``root``.
+    """The ``ingest`` step: ingest as the validated ``config`` says, from the release (or
+    mock) at ``root``, into the Zarr store ``output``.
 
     The mock (``source: mock``) is written in the release layout as the ``grid`` set without
     baryons or IA, with ``mock.n_perms`` permutations per cosmology.

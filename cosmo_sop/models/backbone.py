@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
 
 
@@ -79,6 +80,14 @@ def block_output_sizes(input_size: int, n_blocks: int, kernel_size: int) -> list
     return sizes
 
 
+def _with_schema_defaults(**architecture: Any) -> dict[str, Any]:
+    """``architecture`` with each None replaced by the config schema's default."""
+    if all(value is not None for value in architecture.values()):
+        return architecture  # a model rebuilt from its config: no need to read the schema
+    schema = {**defaults("backbone"), "input_size": defaults("ingest")["patch_size"]}
+    return {k: schema[k] if value is None else value for k, value in architecture.items()}
+
+
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -119,6 +128,9 @@ class ConvRegressor(nn.Module):
     dropout
         Dropout probability after every hidden activation (identity in eval mode).
 
+    Arguments left None take the config schema's defaults (``backbone`` section, and
+    ``ingest.patch_size`` for ``input_size``): the SOP paper's architecture.
+
     Attributes
     ----------
     blocks : nn.ModuleList
@@ -139,22 +151,32 @@ class ConvRegressor(nn.Module):
         self,
         in_channels: int,
         n_outputs: int = 2,
-        input_size: int = 66,
-        widths: Sequence[int] = (16, 32, 48),
-        kernel_size: int = 4,
-        hidden: Sequence[int] = (128, 64, 32),
-        negative_slope: float = 0.01,
+        input_size: int | None = None,
+        widths: Sequence[int] | None = None,
+        kernel_size: int | None = None,
+        hidden: Sequence[int] | None = None,
+        negative_slope: float | None = None,
         bias: bool = True,
-        batchnorm: bool = False,
-        dropout: float = 0.0,
+        batchnorm: bool | None = None,
+        dropout: float | None = None,
     ) -> None:
         super().__init__()
+        arch = _with_schema_defaults(
+            input_size=input_size,
+            widths=widths,
+            kernel_size=kernel_size,
+            hidden=hidden,
+            negative_slope=negative_slope,
+            batchnorm=batchnorm,
+            dropout=dropout,
+        )
+        negative_slope, dropout = arch["negative_slope"], arch["dropout"]
         self.in_channels = _positive_int("in_channels", in_channels)
         self.n_outputs = _positive_int("n_outputs", n_outputs)
-        self.input_size = _positive_int("input_size", input_size)
-        self.widths = _positive_ints("widths", widths)
-        self.kernel_size = _positive_int("kernel_size", kernel_size)
-        self.hidden = _positive_ints("hidden", hidden)
+        self.input_size = _positive_int("input_size", arch["input_size"])
+        self.widths = _positive_ints("widths", arch["widths"])
+        self.kernel_size = _positive_int("kernel_size", arch["kernel_size"])
+        self.hidden = _positive_ints("hidden", arch["hidden"])
         if not self.widths:
             raise ValueError("widths must name at least one conv block")
         if not (math.isfinite(negative_slope) and negative_slope >= 0):
@@ -164,7 +186,7 @@ class ConvRegressor(nn.Module):
         self.negative_slope = float(negative_slope)
         # Not ``self.bias``: by torch convention ``module.bias`` is a tensor or None.
         self.has_bias = bool(bias)
-        self.has_batchnorm = bool(batchnorm)
+        self.has_batchnorm = bool(arch["batchnorm"])
         self.dropout = float(dropout)
 
         # Fixed per-bin input scale (set from the training data, saved with the weights), so the
@@ -176,7 +198,12 @@ class ConvRegressor(nn.Module):
         channels = (self.in_channels, *self.widths)
         self.blocks = nn.ModuleList(
             ConvBlock(
-                c_in, c_out, self.kernel_size, self.negative_slope, self.has_bias, self.has_batchnorm
+                c_in,
+                c_out,
+                self.kernel_size,
+                self.negative_slope,
+                self.has_bias,
+                self.has_batchnorm,
             )
             for c_in, c_out in zip(channels[:-1], channels[1:])
         )

@@ -1,230 +1,245 @@
-"""Tokens, candidate groups and pixel masks for the Sum-of-Parts group generator.
+"""The parts of a Sum-of-Parts prediction: which groups to form, and how much each counts.
 
-A *token* is a region of the input: either a cell of a square grid laid over the image
-(:func:`patch_token_map`, :func:`patch_tokens`) or one segment of an integer label map
-(:func:`segment_tokens`). Every pixel belongs to exactly one token, so a *group* is simply a
-set of tokens, held as a boolean vector over tokens, and its pixel mask is that vector read
-through the pixel -> token map (:func:`tokens_to_pixels`). Everything here works at token
-level; only the groups that are finally used are ever expanded to pixels.
+:class:`GroupGenerator` turns tokens into m candidate feature groups per input (binarised rows
+of a multi-head self-attention, the best distinct ones kept); :class:`GroupSelector` scores the
+backbone's embeddings of the masked inputs with one sparse query per output. Both are trained;
+:class:`~cosmo_sop.models.sop.SumOfParts` puts them around the frozen backbone and returns the
+groups, scores and partial predictions behind each prediction as an :class:`Explanation`.
 
-The functions are pure tensor maps (no parameters), shared by :mod:`cosmo_sop.models.sop`.
+Choices that differ from the authors' code (github.com/BrachioLab/exlib):
+
+- Groups are chosen at token level, by a score (the row's attention mass on its kept tokens)
+  with duplicates removed, and only the m chosen ones become pixel masks. The reference code
+  expanded every one of the heads x tokens candidates to full resolution before keeping m at
+  fixed candidate indices.
+- Gradients reach the generator through a straight-through estimator instead of the paper's
+  scale factor, so that every partial prediction is exactly the backbone's (see
+  :meth:`GroupGenerator.forward`).
+- Masks are exactly 0/1 and groups with no distinct candidate left are marked invalid and
+  skipped, rather than repeated.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from entmax import sparsemax
+from torch import Tensor, nn
 
-# -- tokens -----------------------------------------------------------------------------------
+from cosmo_sop.models.tokens import (
+    drop_duplicates,
+    keep_top_tokens,
+    n_kept_tokens,
+    straight_through,
+)
 
-
-def patch_token_map(
-    height: int, width: int, grid: int, device: torch.device | None = None
-) -> Tensor:
-    """Token index of every pixel for a ``grid`` x ``grid`` partition of an image.
-
-    Pixel (y, x) belongs to grid cell (floor(y grid / H), floor(x grid / W)), the rule of
-    nearest-neighbour upsampling, so cells are ``H / grid`` pixels high up to one pixel
-    (66 pixels on a 14-cell grid give cells of 4 or 5 pixels).
-
-    Returns
-    -------
-    Tensor
-        int64, shape (height, width), values ``row * grid + column`` in [0, grid**2).
-    """
-    rows = torch.arange(height, device=device) * grid // height
-    cols = torch.arange(width, device=device) * grid // width
-    return rows[:, None] * grid + cols[None, :]
+Normalisation = Literal["sparsemax", "softmax"]
 
 
-def patch_tokens(features: Tensor, grid: int) -> Tensor:
-    """Average a feature map over the cells of a ``grid`` x ``grid`` partition.
+@dataclass
+class Explanation:
+    """Prediction of a :class:`~cosmo_sop.models.sop.SumOfParts` model together with its parts.
 
-    Parameters
+    Groups that could not be filled (fewer distinct candidates than ``n_groups``, e.g. a map
+    with very few segments) have ``valid`` False, an empty mask and zero score and partial
+    prediction, so every sum below still holds.
+
+    Attributes
     ----------
-    features
-        Shape (B, D, h, w); any h, w (adaptive pooling; a 14 x 14 map on a 14-cell grid is
-        returned unchanged).
-
-    Returns
-    -------
-    Tensor
-        Shape (B, grid**2, D), tokens in the row-major order of :func:`patch_token_map`.
-    """
-    pooled = F.adaptive_avg_pool2d(features, grid)
-    return pooled.flatten(2).transpose(1, 2)
-
-
-def segment_tokens(features: Tensor, segments: Tensor) -> tuple[Tensor, Tensor]:
-    """Average a feature map over every segment of a label map.
-
-    The feature map is upsampled bilinearly to the resolution of ``segments`` first, so that a
-    segment smaller than a feature cell still gets its own (interpolated) features.
-
-    Parameters
-    ----------
-    features
-        Shape (B, D, h, w).
-    segments
-        int64, shape (B, H, W), labels >= 0. Maps may have different numbers of segments:
-        tokens are padded to S = segments.max() + 1 for the whole batch.
-
-    Returns
-    -------
+    prediction : Tensor
+        Shape (B, n_outputs): regression values, or logits for classification.
+        Equals ``(scores * partial).sum(1)``.
+    masks : Tensor
+        bool, shape (B, m, H, W); pixels of each group. The backbone saw exactly
+        ``x * masks[:, i, None]``.
     tokens : Tensor
-        Shape (B, S, D); the mean feature of each segment, 0 for labels absent from a map.
+        bool, shape (B, m, T); tokens (grid cells or segment labels) in each group.
+    scores : Tensor
+        Shape (B, m, n_outputs); group scores c >= 0, each output's column sums to 1.
+    partial : Tensor
+        Shape (B, m, n_outputs); the backbone's prediction on each masked input.
     valid : Tensor
-        bool, shape (B, S); True where the label occurs in the map (a real token, not padding).
-    """
-    n_batch, n_features = features.shape[:2]
-    n_tokens = int(segments.max()) + 1
-    upsampled = F.interpolate(
-        features, size=segments.shape[-2:], mode="bilinear", align_corners=False
-    )
-    pixels = upsampled.flatten(2).transpose(1, 2)  # (B, HW, D)
-    labels = segments.flatten(1)  # (B, HW)
-    tokens = pixels.new_zeros(n_batch, n_tokens, n_features).scatter_reduce(
-        1, labels[:, :, None].expand_as(pixels), pixels, reduce="mean", include_self=False
-    )
-    counts = torch.zeros(n_batch, n_tokens, dtype=torch.int64, device=segments.device)
-    counts.scatter_add_(1, labels, torch.ones_like(labels))
-    return tokens, counts > 0
-
-
-# -- candidate groups -------------------------------------------------------------------------
-
-
-def n_kept_tokens(n_valid: Tensor, fraction: float) -> Tensor:
-    """Number of tokens a group keeps: ceil(fraction * n_valid), at least 1.
-
-    A relative tolerance of 1e-6 absorbs binary rounding (0.2 * 15 = 3.0000000000000004 in
-    floating point must give 3, not 4).
-    """
-    wanted = torch.ceil(n_valid.double() * fraction * (1 - 1e-6))
-    return wanted.clamp(min=1).to(torch.int64)
-
-
-def keep_top_tokens(logits: Tensor, n_keep: Tensor) -> Tensor:
-    """Binarise attention rows: keep the ``n_keep`` highest-scoring tokens of every row.
-
-    Ranking uses the attention *logits*, not the normalised weights. Softmax and sparsemax are
-    monotone in the logits, so both rankings agree wherever the weights differ; but sparsemax
-    sets most weights to exactly 0, and ranking those ties would be arbitrary. Padded tokens
-    must carry logit -inf so that they are never kept.
-
-    Parameters
-    ----------
-    logits
-        Shape (B, ..., T).
-    n_keep
-        int64, shape (B,); tokens to keep in every row of sample b (<= its valid tokens).
-
-    Returns
-    -------
-    Tensor
-        bool, shape (B, ..., T).
-    """
-    k_max = int(n_keep.max())
-    top = logits.topk(k_max, dim=-1).indices  # (B, ..., k_max), best first
-    rank = torch.arange(k_max, device=logits.device)
-    wanted = rank < n_keep.view(-1, *[1] * (logits.ndim - 1))  # (B, 1.., k_max)
-    kept = torch.zeros_like(logits, dtype=torch.bool)
-    return kept.scatter(-1, top, wanted.expand_as(top))
-
-
-def _pack_bits(kept: Tensor) -> Tensor:
-    """Pack boolean rows (..., T) into int64 words (..., ceil(T / 64)) for exact comparison.
-
-    Bits become bytes (shift and add in uint8), and every 8 bytes are reinterpreted as one
-    int64: exact on every device, unlike a float matrix product that TF32 could round.
-    """
-    n_tokens = kept.shape[-1]
-    n_words = math.ceil(n_tokens / 64)
-    bits = F.pad(kept.to(torch.uint8), (0, 64 * n_words - n_tokens))
-    bits = bits.view(*kept.shape[:-1], 8 * n_words, 8)
-    shifts = torch.arange(8, dtype=torch.uint8, device=kept.device)
-    packed = (bits << shifts).sum(-1, dtype=torch.uint8)  # distinct powers of 2: no overflow
-    return packed.view(torch.int64)
-
-
-def drop_duplicates(kept: Tensor, score: Tensor) -> Tensor:
-    """Set to -inf the score of every candidate whose token set a better one already has.
-
-    Among candidates of one sample with identical token sets, the one with the highest score
-    survives (the lowest index on ties). Rows are bit-packed and sorted lexicographically
-    (sample, words, rank) with a few stable sorts, so duplicates end up adjacent; this avoids
-    both comparing all pairs of candidates and ``torch.unique(dim=0)``, which is slow on CPU.
-
-    Parameters
-    ----------
-    kept
-        bool, shape (B, N, T); token sets of N candidates per sample.
-    score
-        Shape (B, N); -inf marks candidates that are already invalid.
-
-    Returns
-    -------
-    Tensor
-        Shape (B, N), ``score`` with duplicates set to -inf.
-    """
-    n_batch, n_candidates = score.shape
-    sample = torch.arange(n_batch, device=score.device)[:, None].expand(n_batch, n_candidates)
-    keys = torch.cat([sample[..., None], _pack_bits(kept)], dim=-1).flatten(0, 1)  # (BN, 1 + W)
-    # Least significant key first: the rank by score, then the words, then the sample.
-    order = score.flatten().argsort(descending=True, stable=True)
-    for column in reversed(range(keys.shape[1])):
-        order = order[keys[order, column].argsort(stable=True)]
-    sorted_keys = keys[order]
-    starts = torch.ones(len(order), dtype=torch.bool, device=score.device)
-    starts[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(dim=1)
-    is_first = torch.empty_like(starts).scatter_(0, order, starts).view(n_batch, n_candidates)
-    return score.masked_fill(~is_first, -math.inf)
-
-
-# -- masks --------------------------------------------------------------------------------------
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward the hard 0/1 values unchanged; backward hand their gradient to the soft ones."""
-
-    @staticmethod
-    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:
-        return hard.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
-        return None, grad
-
-
-def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
-    """Exactly ``hard`` in the forward pass, with the gradient of ``soft`` in the backward pass.
-
-    Unlike the usual ``hard + soft - soft.detach()``, which can be off by one unit in the last
-    place, the forward value is bit-for-bit ``hard``: a 0/1 mask stays exactly 0/1.
-    """
-    return _StraightThrough.apply(hard, soft)
-
-
-def tokens_to_pixels(token_masks: Tensor, token_map: Tensor) -> Tensor:
-    """Expand per-token mask values to pixels.
-
-    Parameters
-    ----------
-    token_masks
-        Shape (B, m, T); one value per group and token.
-    token_map
+        bool, shape (B, m); False for unfilled groups.
+    token_map : Tensor
         int64, shape (B, H, W); token index of every pixel.
-
-    Returns
-    -------
-    Tensor
-        Shape (B, m, H, W), ``token_masks[b, i, token_map[b, y, x]]``; differentiable with
-        respect to ``token_masks``.
+    probabilities : Tensor or None
+        Shape (B, n_outputs); softmax of ``prediction`` for classification, else None.
     """
-    n_batch, n_groups, _ = token_masks.shape
-    height, width = token_map.shape[-2:]
-    index = token_map.reshape(n_batch, 1, height * width).expand(n_batch, n_groups, -1)
-    return token_masks.gather(2, index).view(n_batch, n_groups, height, width)
+
+    prediction: Tensor
+    masks: Tensor
+    tokens: Tensor
+    scores: Tensor
+    partial: Tensor
+    valid: Tensor
+    token_map: Tensor
+    probabilities: Tensor | None = None
+
+
+class Groups(NamedTuple):
+    """The m groups chosen per input by :class:`GroupGenerator`.
+
+    Attributes
+    ----------
+    tokens : Tensor
+        bool, shape (B, m, T); token membership, all False for invalid groups.
+    masks : Tensor
+        float, shape (B, m, T); exactly ``tokens`` as 0/1 in value, carrying the gradient of the
+        attention weights (straight-through estimator).
+    valid : Tensor
+        bool, shape (B, m).
+    """
+
+    tokens: Tensor
+    masks: Tensor
+    valid: Tensor
+
+
+class GroupGenerator(nn.Module):
+    """Multi-head self-attention over tokens whose binarised rows are candidate groups.
+
+    Parameters
+    ----------
+    token_dim
+        Feature size D of the tokens.
+    d_model
+        Size of the query and key projections, split evenly over the heads.
+    n_heads
+        Number of attention heads; heads x T candidate groups per input.
+    n_groups
+        Number m of groups kept per input.
+    keep_fraction
+        Fraction tau of an input's valid tokens that each group keeps, ceil(tau T) >= 1.
+    attention
+        Normalisation of the attention rows, "sparsemax" or "softmax".
+    """
+
+    def __init__(
+        self,
+        token_dim: int,
+        d_model: int,
+        n_heads: int,
+        n_groups: int,
+        keep_fraction: float,
+        attention: Normalisation,
+    ) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.n_groups = n_groups
+        self.keep_fraction = keep_fraction
+        self.attention = attention
+        # Conv features have arbitrary scale; normalising the tokens keeps the attention logits
+        # O(1) whatever the encoder (the original code multiplied them by a tuned constant).
+        self.norm = nn.LayerNorm(token_dim)
+        self.query = nn.Linear(token_dim, d_model)
+        # No key bias: it adds the same amount to every logit of a row, which both softmax and
+        # sparsemax ignore, so it would never learn.
+        self.key = nn.Linear(token_dim, d_model, bias=False)
+
+    def forward(self, tokens: Tensor, valid: Tensor) -> Groups:
+        """Choose m groups of tokens per input.
+
+        Parameters
+        ----------
+        tokens
+            Shape (B, T, D).
+        valid
+            bool, shape (B, T); False for padding tokens, which no group may contain.
+
+        Returns
+        -------
+        Groups
+            Token sets (B, m, T) with their straight-through masks and validity.
+        """
+        n_batch, n_tokens, _ = tokens.shape
+        tokens = self.norm(tokens)
+        shape = (n_batch, n_tokens, self.n_heads, self.d_head)
+        query = self.query(tokens).view(shape).transpose(1, 2)  # (B, h, T, d)
+        key = self.key(tokens).view(shape).transpose(1, 2)
+        logits = query @ key.transpose(-1, -2) / math.sqrt(self.d_head)  # (B, h, T, T)
+        logits = logits.masked_fill(~valid[:, None, None, :], -math.inf)
+
+        # Candidates: one per (head, query token), flattened to N = h T rows, each keeping its
+        # n_keep best tokens.
+        logits = logits.flatten(1, 2)  # (B, N, T)
+        n_keep = n_kept_tokens(valid.sum(1), self.keep_fraction)  # (B,)
+        kept = keep_top_tokens(logits, n_keep)  # (B, N, T) bool
+
+        # Score of a candidate: the softmax mass of its row on the kept tokens, i.e. how
+        # concentrated the row is on its group. Softmax even under sparsemax attention, whose
+        # many rows with mass exactly 1 on their kept set would otherwise all tie.
+        score = (torch.softmax(logits.detach(), dim=-1) * kept).sum(-1)
+        query_valid = valid[:, None, :].expand(n_batch, self.n_heads, n_tokens).flatten(1)
+        score = score.masked_fill(~query_valid, -math.inf)
+        score = drop_duplicates(kept, score)
+
+        # The m best candidates; fewer distinct candidates than m leave invalid groups.
+        n_candidates = score.shape[1]
+        if n_candidates < self.n_groups:
+            missing = self.n_groups - n_candidates
+            score = F.pad(score, (0, missing), value=-math.inf)
+            kept = F.pad(kept, (0, 0, 0, missing))
+            logits = F.pad(logits, (0, 0, 0, missing))
+        chosen = score.argsort(dim=1, descending=True, stable=True)[:, : self.n_groups]
+        group_valid = score.gather(1, chosen).isfinite()
+        index = chosen[:, :, None].expand(-1, -1, n_tokens)
+        group_tokens = kept.gather(1, index) & group_valid[:, :, None]
+
+        # Attention weights are needed only for the m chosen rows (the selection above uses the
+        # logits), which saves normalising the other h T - m rows.
+        chosen_logits = logits.gather(1, index)
+        if self.attention == "sparsemax":
+            attention = sparsemax(chosen_logits, dim=-1)
+        else:
+            attention = torch.softmax(chosen_logits, dim=-1)
+        # Gradient path: a straight-through estimator rather than the paper's scale factor
+        # (kept minus discarded attention multiplying the group's output). The estimator keeps
+        # y = sum_i c_i h(g_i ⊙ x) exact, with partial predictions that are the backbone's own,
+        # while the scale factor would rescale every partial regression value away from what
+        # h predicts. Its gradient per token is the first-order effect on the loss of adding
+        # that token's pixels to the group, passed on to the token's attention weight.
+        group_masks = straight_through(group_tokens.to(attention.dtype), attention)
+        return Groups(group_tokens, group_masks, group_valid)
+
+
+class GroupSelector(nn.Module):
+    """Sparse cross-attention from one query per output over the group embeddings.
+
+    With a fixed query per output, attention's query and key projections compose into a single
+    vector per output, so that vector is the parameter, initialised to the output's row of the
+    backbone's output layer: the initial score logit of a group is then the backbone's own
+    output (less the bias) on that group, as in the paper.
+
+    Parameters
+    ----------
+    output_weight
+        Shape (n_outputs, E), e.g. ``backbone.head.weight``; copied, not shared.
+    """
+
+    def __init__(self, output_weight: Tensor) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(output_weight.detach().clone())
+
+    def forward(self, embeddings: Tensor, valid: Tensor) -> Tensor:
+        """Scores of the groups for every output.
+
+        Parameters
+        ----------
+        embeddings
+            Shape (B, m, E); backbone embeddings of the masked inputs.
+        valid
+            bool, shape (B, m); invalid groups get score exactly 0.
+
+        Returns
+        -------
+        Tensor
+            Shape (B, m, n_outputs), >= 0, summing to 1 over m for every (b, output).
+        """
+        logits = torch.einsum("bme,oe->bmo", embeddings, self.queries)
+        logits = logits.masked_fill(~valid[:, :, None], -math.inf)
+        return sparsemax(logits, dim=1)

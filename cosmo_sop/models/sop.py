@@ -15,268 +15,43 @@ Pipeline of :meth:`SumOfParts.explain`, for a batch of B inputs of shape (C, H, 
 1. Tokens. A trainable token encoder (by default a copy of the backbone's first conv blocks)
    maps x to a feature map, pooled either over the cells of a ``patch_tokens`` x
    ``patch_tokens`` grid or over the segments of a label map: T tokens per input.
-2. Group generator (:class:`GroupGenerator`). Multi-head self-attention over the tokens.
-   Every row (head k, query token j) is a candidate group: its top ``keep_fraction`` of tokens,
-   binarised. The ``n_groups`` best distinct candidates are chosen at token level, and only
-   those m are expanded to pixel masks.
+2. Group generator (:class:`~cosmo_sop.models.groups.GroupGenerator`). Multi-head
+   self-attention over the tokens. Every row (head k, query token j) is a candidate group: its
+   top ``keep_fraction`` of tokens, binarised. The ``n_groups`` best distinct candidates are
+   chosen at token level, and only those m are expanded to pixel masks.
 3. Backbone. The m masked inputs of every sample (pixels outside the group set to 0, the
    mean of a convergence map) go through ``backbone.embed`` as one batch of B m rows, cut
    into chunks of at most ``max_backbone_batch``: m backbone passes per input, plus the token
    encoder, a fraction of one more.
-4. Group selector (:class:`GroupSelector`). One query per output, initialised to that
-   output's row of the backbone's output layer, attends over the m group embeddings with
-   sparsemax: scores c (B, m, n_outputs), each output's column summing to 1, most exactly 0.
+4. Group selector (:class:`~cosmo_sop.models.groups.GroupSelector`). One query per output,
+   initialised to that output's row of the backbone's output layer, attends over the m group
+   embeddings with sparsemax: scores c (B, m, n_outputs), each output's column summing to 1,
+   most exactly 0.
 5. Sum. Partial predictions p = output_layer(embedding) (B, m, n_outputs) and
    y[b, o] = sum_i c[b, i, o] p[b, i, o]. For classification the same sum is taken over
    per-group logits, and the probabilities are the softmax of the summed logits.
 
-Choices that differ from the authors' code (github.com/BrachioLab/exlib):
-
-- Groups are chosen at token level, by a score (the row's attention mass on its kept tokens)
-  with duplicates removed, and only the m chosen ones become pixel masks. The reference code
-  expanded every one of the heads x tokens candidates to full resolution before keeping m at
-  fixed candidate indices.
-- Gradients reach the generator through a straight-through estimator instead of the paper's
-  scale factor, so that every partial prediction is exactly the backbone's (see
-  :meth:`GroupGenerator.forward`).
-- Masks are exactly 0/1 and groups with no distinct candidate left are marked invalid and
-  skipped, rather than repeated.
+How the groups are made, and where that differs from the authors' code, is told in
+:mod:`cosmo_sop.models.groups`.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from entmax import sparsemax
 from torch import Tensor, nn
 
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.models.groups import (
-    drop_duplicates,
-    keep_top_tokens,
-    n_kept_tokens,
-    patch_token_map,
-    patch_tokens,
-    segment_tokens,
-    straight_through,
-    tokens_to_pixels,
-)
+from cosmo_sop.models.groups import Explanation, GroupGenerator, GroupSelector, Normalisation
+from cosmo_sop.models.tokens import patch_token_map, patch_tokens, segment_tokens, tokens_to_pixels
 
 TokenKind = Literal["patches", "segments"]
-Normalisation = Literal["sparsemax", "softmax"]
 Task = Literal["regression", "classification"]
-
-
-@dataclass
-class Explanation:
-    """Prediction of a :class:`SumOfParts` model together with its parts.
-
-    Groups that could not be filled (fewer distinct candidates than ``n_groups``, e.g. a map
-    with very few segments) have ``valid`` False, an empty mask and zero score and partial
-    prediction, so every sum below still holds.
-
-    Attributes
-    ----------
-    prediction : Tensor
-        Shape (B, n_outputs): regression values, or logits for classification.
-        Equals ``(scores * partial).sum(1)``.
-    masks : Tensor
-        bool, shape (B, m, H, W); pixels of each group. The backbone saw exactly
-        ``x * masks[:, i, None]``.
-    tokens : Tensor
-        bool, shape (B, m, T); tokens (grid cells or segment labels) in each group.
-    scores : Tensor
-        Shape (B, m, n_outputs); group scores c >= 0, each output's column sums to 1.
-    partial : Tensor
-        Shape (B, m, n_outputs); the backbone's prediction on each masked input.
-    valid : Tensor
-        bool, shape (B, m); False for unfilled groups.
-    token_map : Tensor
-        int64, shape (B, H, W); token index of every pixel.
-    probabilities : Tensor or None
-        Shape (B, n_outputs); softmax of ``prediction`` for classification, else None.
-    """
-
-    prediction: Tensor
-    masks: Tensor
-    tokens: Tensor
-    scores: Tensor
-    partial: Tensor
-    valid: Tensor
-    token_map: Tensor
-    probabilities: Tensor | None = None
-
-
-class Groups(NamedTuple):
-    """The m groups chosen per input by :class:`GroupGenerator`.
-
-    Attributes
-    ----------
-    tokens : Tensor
-        bool, shape (B, m, T); token membership, all False for invalid groups.
-    masks : Tensor
-        float, shape (B, m, T); exactly ``tokens`` as 0/1 in value, carrying the gradient of the
-        attention weights (straight-through estimator).
-    valid : Tensor
-        bool, shape (B, m).
-    """
-
-    tokens: Tensor
-    masks: Tensor
-    valid: Tensor
-
-
-class GroupGenerator(nn.Module):
-    """Multi-head self-attention over tokens whose binarised rows are candidate groups.
-
-    Parameters
-    ----------
-    token_dim
-        Feature size D of the tokens.
-    d_model
-        Size of the query and key projections, split evenly over the heads.
-    n_heads
-        Number of attention heads; heads x T candidate groups per input.
-    n_groups
-        Number m of groups kept per input.
-    keep_fraction
-        Fraction tau of an input's valid tokens that each group keeps, ceil(tau T) >= 1.
-    attention
-        Normalisation of the attention rows, "sparsemax" or "softmax".
-    """
-
-    def __init__(
-        self,
-        token_dim: int,
-        d_model: int,
-        n_heads: int,
-        n_groups: int,
-        keep_fraction: float,
-        attention: Normalisation,
-    ) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.d_head = d_model // n_heads
-        self.n_groups = n_groups
-        self.keep_fraction = keep_fraction
-        self.attention = attention
-        # Conv features have arbitrary scale; normalising the tokens keeps the attention logits
-        # O(1) whatever the encoder (the original code multiplied them by a tuned constant).
-        self.norm = nn.LayerNorm(token_dim)
-        self.query = nn.Linear(token_dim, d_model)
-        # No key bias: it adds the same amount to every logit of a row, which both softmax and
-        # sparsemax ignore, so it would never learn.
-        self.key = nn.Linear(token_dim, d_model, bias=False)
-
-    def forward(self, tokens: Tensor, valid: Tensor) -> Groups:
-        """Choose m groups of tokens per input.
-
-        Parameters
-        ----------
-        tokens
-            Shape (B, T, D).
-        valid
-            bool, shape (B, T); False for padding tokens, which no group may contain.
-
-        Returns
-        -------
-        Groups
-            Token sets (B, m, T) with their straight-through masks and validity.
-        """
-        n_batch, n_tokens, _ = tokens.shape
-        tokens = self.norm(tokens)
-        shape = (n_batch, n_tokens, self.n_heads, self.d_head)
-        query = self.query(tokens).view(shape).transpose(1, 2)  # (B, h, T, d)
-        key = self.key(tokens).view(shape).transpose(1, 2)
-        logits = query @ key.transpose(-1, -2) / math.sqrt(self.d_head)  # (B, h, T, T)
-        logits = logits.masked_fill(~valid[:, None, None, :], -math.inf)
-
-        # Candidates: one per (head, query token), flattened to N = h T rows, each keeping its
-        # n_keep best tokens.
-        logits = logits.flatten(1, 2)  # (B, N, T)
-        n_keep = n_kept_tokens(valid.sum(1), self.keep_fraction)  # (B,)
-        kept = keep_top_tokens(logits, n_keep)  # (B, N, T) bool
-
-        # Score of a candidate: the softmax mass of its row on the kept tokens, i.e. how
-        # concentrated the row is on its group. Softmax even under sparsemax attention, whose
-        # many rows with mass exactly 1 on their kept set would otherwise all tie.
-        score = (torch.softmax(logits.detach(), dim=-1) * kept).sum(-1)
-        query_valid = valid[:, None, :].expand(n_batch, self.n_heads, n_tokens).flatten(1)
-        score = score.masked_fill(~query_valid, -math.inf)
-        score = drop_duplicates(kept, score)
-
-        # The m best candidates; fewer distinct candidates than m leave invalid groups.
-        n_candidates = score.shape[1]
-        if n_candidates < self.n_groups:
-            missing = self.n_groups - n_candidates
-            score = F.pad(score, (0, missing), value=-math.inf)
-            kept = F.pad(kept, (0, 0, 0, missing))
-            logits = F.pad(logits, (0, 0, 0, missing))
-        chosen = score.argsort(dim=1, descending=True, stable=True)[:, : self.n_groups]
-        group_valid = score.gather(1, chosen).isfinite()
-        index = chosen[:, :, None].expand(-1, -1, n_tokens)
-        group_tokens = kept.gather(1, index) & group_valid[:, :, None]
-
-        # Attention weights are needed only for the m chosen rows (the selection above uses the
-        # logits), which saves normalising the other h T - m rows.
-        chosen_logits = logits.gather(1, index)
-        if self.attention == "sparsemax":
-            attention = sparsemax(chosen_logits, dim=-1)
-        else:
-            attention = torch.softmax(chosen_logits, dim=-1)
-        # Gradient path: a straight-through estimator rather than the paper's scale factor
-        # (kept minus discarded attention multiplying the group's output). The estimator keeps
-        # y = sum_i c_i h(g_i ⊙ x) exact, with partial predictions that are the backbone's own,
-        # while the scale factor would rescale every partial regression value away from what
-        # h predicts. Its gradient per token is the first-order effect on the loss of adding
-        # that token's pixels to the group, passed on to the token's attention weight.
-        group_masks = straight_through(group_tokens.to(attention.dtype), attention)
-        return Groups(group_tokens, group_masks, group_valid)
-
-
-class GroupSelector(nn.Module):
-    """Sparse cross-attention from one query per output over the group embeddings.
-
-    With a fixed query per output, attention's query and key projections compose into a single
-    vector per output, so that vector is the parameter, initialised to the output's row of the
-    backbone's output layer: the initial score logit of a group is then the backbone's own
-    output (less the bias) on that group, as in the paper.
-
-    Parameters
-    ----------
-    output_weight
-        Shape (n_outputs, E), e.g. ``backbone.head.weight``; copied, not shared.
-    """
-
-    def __init__(self, output_weight: Tensor) -> None:
-        super().__init__()
-        self.queries = nn.Parameter(output_weight.detach().clone())
-
-    def forward(self, embeddings: Tensor, valid: Tensor) -> Tensor:
-        """Scores of the groups for every output.
-
-        Parameters
-        ----------
-        embeddings
-            Shape (B, m, E); backbone embeddings of the masked inputs.
-        valid
-            bool, shape (B, m); invalid groups get score exactly 0.
-
-        Returns
-        -------
-        Tensor
-            Shape (B, m, n_outputs), >= 0, summing to 1 over m for every (b, output).
-        """
-        logits = torch.einsum("bme,oe->bmo", embeddings, self.queries)
-        logits = logits.masked_fill(~valid[:, :, None], -math.inf)
-        return sparsemax(logits, dim=1)
 
 
 class SumOfParts(nn.Module):
@@ -301,14 +76,16 @@ class SumOfParts(nn.Module):
     patch_tokens
         Side of the token grid in "patches" mode.
     n_heads, d_model, n_groups, keep_fraction, attention
-        Group generator settings; see :class:`GroupGenerator`.
+        Group generator settings; see :class:`~cosmo_sop.models.groups.GroupGenerator`.
     max_backbone_batch
         Most masked inputs per backbone call, to bound memory.
 
+    ``tokens`` and the settings after it default (None) to the config schema's ``sop`` section.
+
     Attributes
     ----------
-    generator : GroupGenerator
-    selector : GroupSelector
+    generator : ~cosmo_sop.models.groups.GroupGenerator
+    selector : ~cosmo_sop.models.groups.GroupSelector
     config : dict
         JSON-serialisable settings; see :meth:`from_config`.
     """
@@ -320,25 +97,32 @@ class SumOfParts(nn.Module):
         input_shape: Sequence[int],
         output_layer: str | nn.Linear = "head",
         task: Task = "regression",
-        tokens: TokenKind = "patches",
-        patch_tokens: int = 14,
-        n_heads: int = 4,
-        d_model: int = 64,
-        n_groups: int = 20,
-        keep_fraction: float = 0.2,
-        attention: Normalisation = "sparsemax",
-        max_backbone_batch: int = 256,
+        tokens: TokenKind | None = None,
+        patch_tokens: int | None = None,
+        n_heads: int | None = None,
+        d_model: int | None = None,
+        n_groups: int | None = None,
+        keep_fraction: float | None = None,
+        attention: Normalisation | None = None,
+        max_backbone_batch: int | None = None,
     ) -> None:
         super().__init__()
-        _check_settings(
-            input_shape, task, tokens, patch_tokens, n_heads, d_model, n_groups, keep_fraction,
-            attention, max_backbone_batch,
+        settings = _with_schema_defaults(
+            tokens=tokens,
+            patch_tokens=patch_tokens,
+            n_heads=n_heads,
+            d_model=d_model,
+            n_groups=n_groups,
+            keep_fraction=keep_fraction,
+            attention=attention,
+            max_backbone_batch=max_backbone_batch,
         )
+        _check_settings(input_shape, task, **settings)
         self.input_shape = tuple(int(n) for n in input_shape)
         self.task = task
-        self.tokens = tokens
-        self.patch_tokens = patch_tokens
-        self.max_backbone_batch = max_backbone_batch
+        self.tokens = settings["tokens"]
+        self.patch_tokens = settings["patch_tokens"]
+        self.max_backbone_batch = settings["max_backbone_batch"]
 
         # Frozen backbone. Its read-out is found by name, so the state dict holds it only once;
         # a read-out outside the backbone is registered (and frozen) here.
@@ -358,16 +142,11 @@ class SumOfParts(nn.Module):
 
         self.token_encoder = token_encoder
         token_dim = self._feature_shape()[0]
-        self.generator = GroupGenerator(
-            token_dim, d_model, n_heads, n_groups, keep_fraction, attention
-        )
+        generator = ("d_model", "n_heads", "n_groups", "keep_fraction", "attention")
+        self.generator = GroupGenerator(token_dim, **{k: settings[k] for k in generator})
         self.selector = GroupSelector(output_layer.weight)
         self._encoder_blocks: int | None = None
-        self._settings = dict(
-            input_shape=list(self.input_shape), task=task, tokens=tokens,
-            patch_tokens=patch_tokens, n_heads=n_heads, d_model=d_model, n_groups=n_groups,
-            keep_fraction=keep_fraction, attention=attention, max_backbone_batch=max_backbone_batch,
-        )  # fmt: skip
+        self._settings = {"input_shape": list(self.input_shape), "task": task, **settings}
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -376,7 +155,7 @@ class SumOfParts(nn.Module):
         cls,
         backbone: nn.Module,
         input_shape: Sequence[int],
-        encoder_blocks: int = 2,
+        encoder_blocks: int | None = None,
         **settings: Any,
     ) -> SumOfParts:
         """SOP whose token encoder is a trainable copy of the backbone's first conv blocks.
@@ -391,17 +170,19 @@ class SumOfParts(nn.Module):
         input_shape
             (C, H, W) of the inputs.
         encoder_blocks
-            How many leading blocks to copy.
+            How many leading blocks to copy (None: the config schema's ``sop.encoder_blocks``).
         **settings
             Further constructor arguments (``output_layer`` must then be a name).
         """
+        if encoder_blocks is None:
+            encoder_blocks = defaults("sop")["encoder_blocks"]
         blocks = list(backbone.blocks)
         if not 1 <= encoder_blocks <= len(blocks):
             raise ValueError(
                 f"encoder_blocks must lie in [1, {len(blocks)}], got {encoder_blocks!r}"
             )
         # The backbone's fixed input scaling (if any) goes first, so tokens see what it sees.
-        layers = ([backbone.scale] if isinstance(getattr(backbone, "scale", None), nn.Module) else [])
+        layers = [backbone.scale] if isinstance(getattr(backbone, "scale", None), nn.Module) else []
         encoder = copy.deepcopy(nn.Sequential(*layers, *blocks[:encoder_blocks]))
         encoder.requires_grad_(True)
         model = cls(backbone, encoder, input_shape, **settings)
@@ -574,6 +355,14 @@ class SumOfParts(nn.Module):
         return segments.to(device=x.device, dtype=torch.int64)
 
 
+def _with_schema_defaults(**settings: Any) -> dict[str, Any]:
+    """``settings`` with each None replaced by the config schema's default of ``sop.<name>``."""
+    if all(value is not None for value in settings.values()):
+        return settings  # a model rebuilt from its config: no need to read the schema
+    schema = defaults("sop")
+    return {name: schema[name] if value is None else value for name, value in settings.items()}
+
+
 def _check_settings(
     input_shape: Sequence[int],
     task: str,
@@ -587,13 +376,21 @@ def _check_settings(
     max_backbone_batch: int,
 ) -> None:
     """Raise ValueError naming the first invalid constructor argument."""
-    choices = {"task": ("regression", "classification"), "tokens": ("patches", "segments"),
-               "attention": ("sparsemax", "softmax")}  # fmt: skip
-    for name, value in {"task": task, "tokens": tokens, "attention": attention}.items():
-        if value not in choices[name]:
-            raise ValueError(f"{name} must be one of {choices[name]}, got {value!r}")
-    counts = {"patch_tokens": patch_tokens, "n_heads": n_heads, "d_model": d_model,
-              "n_groups": n_groups, "max_backbone_batch": max_backbone_batch}  # fmt: skip
+    choices = {
+        "task": (task, ("regression", "classification")),
+        "tokens": (tokens, ("patches", "segments")),
+        "attention": (attention, ("sparsemax", "softmax")),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    counts = dict(
+        patch_tokens=patch_tokens,
+        n_heads=n_heads,
+        d_model=d_model,
+        n_groups=n_groups,
+        max_backbone_batch=max_backbone_batch,
+    )
     for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,1 +1,65 @@
-"""structures"""
+"""Voids and clusters among Sum-of-Parts groups: classify them, weigh them, compare with the paper.
+
+The SOP paper (You et al. 2025, Sec. "cosmology") reads its CosmoGrid groups as voids and
+clusters and finds that voids carry more of the weight for Omega_m and clusters more for sigma_8.
+This subpackage makes that reading reproducible, with any number of definitions in one run and
+bootstrap uncertainties: :mod:`~cosmo_sop.structures.definitions` says what a void or a cluster
+is (and holds the paper's findings), :mod:`~cosmo_sop.structures.classify` classifies groups on
+each map's sigma map, :mod:`~cosmo_sop.structures.weights` weighs the classes (with intervals
+from :mod:`~cosmo_sop.structures.bootstrap`) and gives verdict records,
+:mod:`~cosmo_sop.structures.purity` measures how cleanly a map's top parts (SOP's groups, or the
+cells of a pixel attribution, :mod:`~cosmo_sop.structures.cells`) fall into one class, and
+:mod:`~cosmo_sop.structures.run` is the workflow's ``structures`` step (not imported here: it
+needs PyTorch).
+"""
+
+from cosmo_sop.structures.bootstrap import bootstrap_sums
+from cosmo_sop.structures.cells import attribution_cells, cell_statistics
+from cosmo_sop.structures.classify import classify, group_labels, group_statistics, sigma_map
+from cosmo_sop.structures.definitions import (
+    DEFAULT_DEFINITIONS,
+    KINDS,
+    OUTPUTS,
+    PAPER_FINDINGS,
+    PURITY_CLUSTER,
+    PURITY_VOID,
+    StructureDefinition,
+    checked_definitions,
+    parse_definitions,
+)
+from cosmo_sop.structures.purity import cell_purity, purity_table, sop_purity, top_groups
+from cosmo_sop.structures.weights import (
+    OUTCOMES,
+    class_weights,
+    verdict,
+    verdicts,
+    weight_table,
+)
+
+__all__ = [
+    "DEFAULT_DEFINITIONS",
+    "KINDS",
+    "OUTCOMES",
+    "OUTPUTS",
+    "PAPER_FINDINGS",
+    "PURITY_CLUSTER",
+    "PURITY_VOID",
+    "StructureDefinition",
+    "attribution_cells",
+    "bootstrap_sums",
+    "cell_purity",
+    "cell_statistics",
+    "checked_definitions",
+    "class_weights",
+    "classify",
+    "group_labels",
+    "group_statistics",
+    "parse_definitions",
+    "purity_table",
+    "sigma_map",
+    "sop_purity",
+    "top_groups",
+    "verdict",
+    "verdicts",
+    "weight_table",
+]

@@ -10,15 +10,13 @@ split (``train``/``val``/``test``, split by cosmology upstream) and hands out
      "target": (B, 2) float32 standardised (Om, s8), "sample": (B,) int64 store indices}
 
 Targets are standardised with the mean and standard deviation of the *train* split only
-(:class:`LabelScaler`), whose state is saved next to the trained weights.
+(:class:`~cosmo_sop.models.targets.LabelScaler`), whose state is saved next to the trained
+weights.
 
 A split that fits the memory budget is read once into one contiguous tensor (an epoch is then a
-few tensor gathers); a larger one is read lazily, batch by batch, and :class:`EpochBatchSampler`
-keeps each batch within few Zarr chunks so that every chunk is decompressed about once per epoch.
-
-Augmentation uses the isotropy of the sky: :func:`augment_batch` applies one of the 8 symmetries
-of the square (rotations by multiples of 90 degrees, and flips) per map, identically to the map
-and its segments, drawn from a seeded :class:`torch.Generator`.
+few tensor gathers); a larger one is read lazily, batch by batch, and
+:class:`~cosmo_sop.training.batches.EpochBatchSampler` keeps each batch within few Zarr chunks
+so that every chunk is decompressed about once per epoch.
 """
 
 from __future__ import annotations
@@ -26,8 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,93 +34,22 @@ import zarr
 from tqdm.auto import tqdm
 from tqdm.dask import TqdmCallback
 
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.models.targets import TARGETS, LabelScaler
 from cosmo_sop.storage import open_zarr
-
-#: Coordinates along ``sample`` that the networks regress, in output order.
-TARGETS: tuple[str, ...] = ("Om", "s8")
 
 #: Coordinates that identify a sample; a segments store must match the patch store on all of them.
 SAMPLE_KEYS: tuple[str, ...] = ("cosmology", "perm", "patch_index")
 
+#: The splits of a patch store (by cosmology, made by ``ingest``).
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-#: Number of symmetries of the square (the dihedral group D4) used for augmentation.
-N_DIHEDRAL = 8
 
 _GIB = 1024**3
 
 #: Decoded Zarr chunks kept per array by a lazily read dataset. Batches are drawn chunk by chunk
 #: (see EpochBatchSampler), so two suffice for each chunk to be decoded about once per epoch.
 _CACHED_CHUNKS = 2
-
-
-# --------------------------------------------------------------------------------------------
-# Label standardisation
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelScaler:
-    """Standardisation of the regression targets: ``z = (y - mean) / std`` per output.
-
-    Attributes
-    ----------
-    names
-        Target names in output order, e.g. ``("Om", "s8")``.
-    mean, std
-        Per-output mean and standard deviation (physical units of each target), shape ``(n,)``.
-    """
-
-    names: tuple[str, ...]
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, labels: np.ndarray, names: Sequence[str] = TARGETS) -> LabelScaler:
-        """Fit the scaler to ``labels`` of shape ``(n_samples, n_outputs)``."""
-        labels = np.asarray(labels, dtype=np.float64)
-        if labels.ndim != 2 or labels.shape[1] != len(names) or labels.shape[0] < 2:
-            raise InputError("labels", f"need >= 2 samples of {len(names)} targets, got shape {labels.shape}")
-        std = labels.std(axis=0)
-        if not np.all(std > 0):
-            flat = [n for n, s in zip(names, std, strict=True) if not s > 0]
-            raise InputError("labels", f"target(s) {flat} are constant over the train split")
-        return cls(tuple(names), labels.mean(axis=0), std)
-
-    def transform(self, labels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Physical units -> standardised, for numpy arrays or tensors of shape ``(..., n)``."""
-        mean, std = self._as(labels)
-        return (labels - mean) / std
-
-    def inverse_transform(self, standardised: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """Standardised -> physical units, for numpy arrays or tensors of shape ``(..., n)``."""
-        mean, std = self._as(standardised)
-        return standardised * std + mean
-
-    def _as(self, like: np.ndarray | torch.Tensor) -> tuple[Any, Any]:
-        if isinstance(like, torch.Tensor):
-            return (
-                torch.as_tensor(self.mean, dtype=like.dtype, device=like.device),
-                torch.as_tensor(self.std, dtype=like.dtype, device=like.device),
-            )
-        return self.mean, self.std
-
-    def state_dict(self) -> dict[str, list]:
-        """JSON-serialisable state (lists of floats), for the sidecar of the trained weights."""
-        return {"names": list(self.names), "mean": self.mean.tolist(), "std": self.std.tolist()}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, list]) -> LabelScaler:
-        """Inverse of :meth:`state_dict`."""
-        try:
-            return cls(
-                tuple(state["names"]),
-                np.asarray(state["mean"], dtype=np.float64),
-                np.asarray(state["std"], dtype=np.float64),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError("label_scaler", f"malformed label scaler state ({exc})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,16 +87,22 @@ class PatchData:
         self.ds = open_zarr(self.kappa_store, ("kappa", "split", *self.targets, *SAMPLE_KEYS))
         kappa = self.ds["kappa"]
         if kappa.dims != ("sample", "bin", "y", "x"):
-            raise InputError(self.kappa_store, f"kappa has dims {kappa.dims}, expected (sample, bin, y, x)")
+            raise InputError(
+                self.kappa_store, f"kappa has dims {kappa.dims}, expected (sample, bin, y, x)"
+            )
         if kappa.dtype != np.float32:
             raise InputError(self.kappa_store, f"kappa has dtype {kappa.dtype}, expected float32")
         self.split_labels = np.asarray(self.ds["split"].values).astype(str)
         unknown = sorted(set(self.split_labels) - set(SPLITS))
         if unknown:
             raise InputError(self.kappa_store, f"split coordinate has unknown value(s) {unknown}")
-        self.labels = np.stack([np.asarray(self.ds[t].values, np.float64) for t in self.targets], axis=1)
+        self.labels = np.stack(
+            [np.asarray(self.ds[t].values, np.float64) for t in self.targets], axis=1
+        )
         if not np.all(np.isfinite(self.labels)):
-            raise InputError(self.kappa_store, f"target coordinate(s) {self.targets} hold non-finite values")
+            raise InputError(
+                self.kappa_store, f"target coordinate(s) {self.targets} hold non-finite values"
+            )
         self.seg_ds = None
         if self.segments_store is not None:
             self.seg_ds = open_zarr(self.segments_store, ("segments", *SAMPLE_KEYS))
@@ -186,7 +118,9 @@ class PatchData:
         kappa_shape = {d: self.ds.sizes[d] for d in ("sample", "y", "x")}
         seg_shape = {d: self.seg_ds.sizes[d] for d in ("sample", "y", "x")}
         if kappa_shape != seg_shape:
-            raise InputError(where, f"segments sizes {seg_shape} differ from kappa sizes {kappa_shape}")
+            raise InputError(
+                where, f"segments sizes {seg_shape} differ from kappa sizes {kappa_shape}"
+            )
         for key in SAMPLE_KEYS:
             a = np.asarray(self.ds[key].values)
             b = np.asarray(self.seg_ds[key].values)
@@ -238,9 +172,13 @@ class PatchData:
         attrs = self.ds.attrs
         info: dict[str, Any] = {
             "kappa_store": str(self.kappa_store.resolve()),
-            "segments_store": None if self.segments_store is None else str(self.segments_store.resolve()),
+            "segments_store": None
+            if self.segments_store is None
+            else str(self.segments_store.resolve()),
             "patch_size": [int(self.ds.sizes["y"]), int(self.ds.sizes["x"])],
-            "bins": [int(b) for b in np.asarray(self.ds["bin"].values)] if "bin" in self.ds.coords else None,
+            "bins": [int(b) for b in np.asarray(self.ds["bin"].values)]
+            if "bin" in self.ds.coords
+            else None,
             "n_samples": {s: int(np.sum(self.split_labels == s)) for s in SPLITS},
             "targets": list(self.targets),
         }
@@ -266,9 +204,9 @@ class PatchData:
         self,
         split: str,
         scaler: LabelScaler | None = None,
-        memory_budget_gib: float = 2.0,
+        memory_budget_gib: float | None = None,
         max_samples: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> PatchDataset:
         """The samples of ``split`` as a torch dataset.
 
@@ -280,15 +218,24 @@ class PatchData:
             Target standardisation; by default the one fitted on the train split.
         memory_budget_gib
             The split is read into memory once if its maps (and segments) take at most this many
-            GiB, else lazily by Zarr chunk.
+            GiB, else lazily by Zarr chunk (None: the config schema's
+            ``training.memory_budget_gib``).
         max_samples
             Keep at most this many samples of the split, drawn at random (fixed by ``seed``) and
             kept in store order; None keeps all.
+        seed
+            Seed of that draw (None: the config schema's master ``seed``).
         """
+        if memory_budget_gib is None:
+            memory_budget_gib = defaults("training")["memory_budget_gib"]
         scaler = self.scaler() if scaler is None else scaler
         idx = self.indices(split)
         if max_samples is not None and max_samples < idx.size:
-            idx = np.sort(np.random.default_rng([seed, idx.size]).choice(idx, max_samples, replace=False))
+            if seed is None:
+                seed = defaults("seed")
+            idx = np.sort(
+                np.random.default_rng([seed, idx.size]).choice(idx, max_samples, replace=False)
+            )
         c, h, w = (self.ds.sizes[d] for d in ("bin", "y", "x"))
         nbytes = idx.size * c * h * w * 4 + (0 if self.seg_ds is None else idx.size * h * w * 4)
         return PatchDataset(
@@ -331,8 +278,8 @@ class PatchDataset(torch.utils.data.Dataset):
     ``dataset[i]`` gives one sample (``kappa`` (C, H, W), ``segments`` (H, W), ``target`` (2,),
     ``sample``); ``dataset.__getitems__(indices)``, which :class:`torch.utils.data.DataLoader`
     calls for a whole batch, gives the batch at once (one gather in memory, or one Zarr selection),
-    so no per-sample Python work is done while training. Use :func:`collate_batch` as the
-    DataLoader's ``collate_fn``.
+    so no per-sample Python work is done while training. Use
+    :func:`~cosmo_sop.training.batches.collate_batch` as the DataLoader's ``collate_fn``.
 
     Attributes
     ----------
@@ -341,7 +288,8 @@ class PatchDataset(torch.utils.data.Dataset):
     provenance
         Store paths and attributes (see :meth:`PatchData.provenance`).
     read_groups
-        Zarr chunk of each item when read lazily (for :class:`EpochBatchSampler`), else None.
+        Zarr chunk of each item when read lazily (for
+        :class:`~cosmo_sop.training.batches.EpochBatchSampler`), else None.
     """
 
     def __init__(
@@ -379,7 +327,9 @@ class PatchDataset(torch.utils.data.Dataset):
             try:
                 self._arrays[name] = zarr.open_array(store=str(store), path=name, mode="r")
             except Exception as exc:  # zarr raises many types for unreadable stores
-                raise InputError(store, f"cannot read array '{name}' ({type(exc).__name__}: {exc})") from None
+                raise InputError(
+                    store, f"cannot read array '{name}' ({type(exc).__name__}: {exc})"
+                ) from None
         return self._arrays[name]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -427,7 +377,9 @@ class PatchDataset(torch.utils.data.Dataset):
             rows = self.sample_indices[pos_t.numpy()]
             batch["kappa"] = torch.from_numpy(self._read_rows("kappa", rows))
             if self.segments_store is not None:
-                batch["segments"] = torch.from_numpy(self._read_rows("segments", rows).astype(np.int64))
+                batch["segments"] = torch.from_numpy(
+                    self._read_rows("segments", rows).astype(np.int64)
+                )
         return batch
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
@@ -447,174 +399,3 @@ class PatchDataset(torch.utils.data.Dataset):
             here = chunk_of == chunk
             out[here] = self._chunks[key][rows[here] - chunk * step]
         return out
-
-
-def collate_batch(data: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """DataLoader ``collate_fn``: batches from :meth:`PatchDataset.__getitems__` pass through,
-    lists of per-sample dicts (any other map-style dataset) are stacked."""
-    if isinstance(data, dict):
-        return data
-    return torch.utils.data.default_collate(data)
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Batches of dataset positions, reshuffled deterministically for each epoch.
-
-    The order of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at an epoch boundary
-    sees exactly the batches of an uninterrupted one. With ``groups`` (the Zarr chunk of each
-    item of a lazily read dataset), the groups are shuffled and the items within each group, so
-    consecutive batches read consecutive chunks.
-
-    Parameters
-    ----------
-    n
-        Number of items.
-    batch_size
-        Items per batch.
-    shuffle
-        Shuffle (training) or keep the dataset order (evaluation).
-    seed
-        Seed of the shuffles.
-    drop_last
-        Drop the last, incomplete batch (keeps batch statistics well defined while training).
-    groups
-        Optional group label per item, shape ``(n,)``.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        drop_last: bool = False,
-        groups: np.ndarray | None = None,
-    ) -> None:
-        self.n = int(n)
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.drop_last = drop_last and self.n >= self.batch_size
-        self.groups = None if groups is None else np.asarray(groups)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.n // self.batch_size
-        return -(-self.n // self.batch_size)
-
-    def order(self) -> np.ndarray:
-        """The positions of this epoch, in batch order."""
-        if not self.shuffle:
-            return np.arange(self.n)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.groups is None:
-            return rng.permutation(self.n)
-        _, group = np.unique(self.groups, return_inverse=True)
-        group_rank = rng.permutation(group.max() + 1)[group]
-        # Sort by (shuffled group, random key): shuffled groups, shuffled within each group.
-        return np.lexsort((rng.random(self.n), group_rank))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = self.order()
-        for b in range(len(self)):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size].tolist()
-
-
-# --------------------------------------------------------------------------------------------
-# Augmentation
-# --------------------------------------------------------------------------------------------
-
-
-def dihedral_transform(maps: torch.Tensor, element: int) -> torch.Tensor:
-    """Apply symmetry ``element`` (0..7) of the square to the last two axes of ``maps``.
-
-    ``element = 4 * flip + r``: a flip of the x axis if ``flip``, then a rotation by ``r * 90``
-    degrees. Element 0 is the identity.
-    """
-    flip, turns = divmod(int(element), 4)
-    if flip:
-        maps = maps.flip(-1)
-    return torch.rot90(maps, turns, dims=(-2, -1)) if turns else maps
-
-
-def augment_batch(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Apply a random symmetry of the square to each map of a batch, the same to its segments.
-
-    Rotations by 90 degrees and flips leave the statistics of an isotropic field unchanged.
-    Each symmetry is a permutation of the pixels, so the whole batch is moved by one gather per
-    array, with the per-map permutation picked from a table of the 8 (no loop over maps, and
-    deterministic on every device). Non-square maps only get the 4 symmetries that keep their
-    shape.
-
-    Parameters
-    ----------
-    batch
-        Dict with ``kappa`` (B, C, H, W) and optionally ``segments`` (B, H, W), on any device.
-    generator
-        CPU generator the symmetries are drawn from (seed it per epoch for reproducible runs).
-
-    Returns
-    -------
-    A new dict with contiguous ``kappa`` and ``segments``; other entries (``target``, ...) are
-    passed through. ``out["symmetry"]`` (B,) holds the element applied to each map (see
-    :func:`dihedral_transform`).
-    """
-    kappa = batch["kappa"]
-    n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
-    # Identity, half turn, flip and flip + half turn are the symmetries that keep H x W maps H x W.
-    allowed = list(range(N_DIHEDRAL)) if h == w else [0, 2, 4, 6]
-    choice = torch.randint(0, len(allowed), (n,), generator=generator)
-    pixels = torch.arange(h * w, device=kappa.device).reshape(h, w)
-    # sources[j, p]: the input pixel that symmetry allowed[j] moves to output pixel p.
-    sources = torch.stack([dihedral_transform(pixels, e).reshape(-1) for e in allowed])
-    index = sources[choice.to(kappa.device)]  # (B, H * W)
-    out = dict(batch)
-    out["symmetry"] = torch.tensor(allowed)[choice].to(kappa.device)
-    for key in ("kappa", "segments"):
-        if key in batch:
-            maps = batch[key]
-            flat = maps.reshape(n, -1, h * w)
-            out[key] = flat.gather(-1, index[:, None, :].expand_as(flat)).reshape(maps.shape)
-    return out
-
-
-def mask_random_groups(
-    batch: dict[str, torch.Tensor],
-    generator: torch.Generator,
-    probability: float,
-    grid: int,
-    min_keep: float,
-) -> dict[str, torch.Tensor]:
-    """Zero random cells of some maps, so a backbone learns to predict from partial maps.
-
-    A Sum-of-Parts model feeds its frozen backbone masked maps g ⊙ x that keep about 20% of the
-    map, so the backbone's predictions on such inputs must mean something. Each map is masked
-    with ``probability``: it is cut into a ``grid`` x ``grid`` lattice of cells (SOP's patch
-    tokens) and a random fraction, uniform in [``min_keep``, 1], of the cells is kept; kappa is
-    set to 0 (its mean) elsewhere.
-
-    Parameters
-    ----------
-    batch
-        Dict with ``kappa`` (B, C, H, W); other entries pass through.
-    generator
-        CPU generator the masks are drawn from (seeded per epoch by the trainer).
-    """
-    kappa = batch["kappa"]
-    n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
-    masked = torch.rand(n, generator=generator) < probability
-    keep = min_keep + (1 - min_keep) * torch.rand(n, generator=generator)
-    # A cell is kept when its random rank falls below the kept fraction of the cells.
-    scores = torch.rand(n, grid * grid, generator=generator)
-    ranks = scores.argsort(dim=1).argsort(dim=1).float() / (grid * grid)
-    cells = (ranks < keep[:, None]) | ~masked[:, None]  # (B, grid * grid)
-    row = torch.arange(h) * grid // h
-    col = torch.arange(w) * grid // w
-    pixel_cell = (row[:, None] * grid + col[None, :]).reshape(-1)  # (H * W,)
-    pixel_mask = cells[:, pixel_cell].reshape(n, 1, h, w).to(kappa.device, kappa.dtype)
-    return {**batch, "kappa": kappa * pixel_mask}

@@ -1,1 +1,63 @@
-"""sources/mock"""
+"""The built-in mock of CosmoGridV1: lognormal convergence maps in the release's layout.
+
+Cosmologies fill the (Omega_m, sigma_8) prior on a Sobol design (:mod:`.design`); per cosmology
+CCL gives the tomographic convergence spectra (:mod:`.spectra`), from which GLASS draws
+correlated lognormal maps (:mod:`.lognormal`); :func:`simulate_mock` writes them, resuming and
+checking provenance (:mod:`.simulate`, :mod:`.writer`).
+"""
+
+from cosmo_sop.sources.mock.design import cosmology_dtype, draw_cosmologies, unit_design
+from cosmo_sop.sources.mock.lognormal import (
+    gaussian_spectra,
+    generate_maps,
+    lognormal_shifts,
+    lognormal_transformations,
+    map_rng,
+)
+from cosmo_sop.sources.mock.simulate import (
+    mock_settings,
+    regenerate_map,
+    simulate_cosmology,
+    simulate_mock,
+)
+from cosmo_sop.sources.mock.spectra import (
+    auto_spectra,
+    ccl_cosmology,
+    convergence_spectra,
+    convergence_tracer,
+    redshift_grid,
+    tomographic_nz,
+)
+from cosmo_sop.sources.mock.writer import (
+    MOCK_FORMAT,
+    PROVENANCE_ATTR,
+    config_record,
+    map_provenance,
+    metainfo_tables,
+)
+
+__all__ = [
+    "MOCK_FORMAT",
+    "PROVENANCE_ATTR",
+    "auto_spectra",
+    "ccl_cosmology",
+    "config_record",
+    "convergence_spectra",
+    "convergence_tracer",
+    "cosmology_dtype",
+    "draw_cosmologies",
+    "gaussian_spectra",
+    "generate_maps",
+    "lognormal_shifts",
+    "lognormal_transformations",
+    "map_provenance",
+    "map_rng",
+    "metainfo_tables",
+    "mock_settings",
+    "redshift_grid",
+    "regenerate_map",
+    "simulate_cosmology",
+    "simulate_mock",
+    "tomographic_nz",
+    "unit_design",
+]

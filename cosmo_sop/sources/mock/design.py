@@ -3,7 +3,7 @@
 CosmoGridV1 varies six parameters on a Sobol sequence; the mock varies only the two that cosmo-sop
 predicts, inside the box ``mock.prior``, and holds ``h, Omega_b, n_s, w_0`` at ``mock.fiducial``
 (the CosmoGridV1 fiducial values by default). The table returned here has the parameter columns
-of the CosmoGridV1 metainfo (:data:`cosmo_sop.cosmogrid.PARAMETER_COLUMNS`) plus the index of each
+of the CosmoGridV1 metainfo (:data:`cosmo_sop.sources.cosmogrid.PARAMETER_COLUMNS`) plus the index of each
 point in the design, so the mock writes it into the metainfo unchanged.
 """
 
@@ -16,14 +16,16 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.stats import qmc
 
-from cosmo_sop.sources.cosmogrid import PARAMETER_COLUMNS
+from cosmo_sop.config import defaults
+from cosmo_sop.sources.cosmogrid.layout import PARAMETER_COLUMNS
 
 #: Parameters that the design varies, in the order of the columns of the unit design.
 VARIED_PARAMETERS = ("Om", "s8")
 SAMPLERS = ("sobol", "lhs")
 
 # Tag mixed into the seed of the design so that its random stream never coincides with
-# another stream derived from the same master seed (maps, noise, training, ...).
+# another stream derived from the same master seed (maps, noise, training, ...). The tag
+# spells the module's first name: changing it would change every mock.
 _DESIGN_STREAM = zlib.crc32(b"cosmo_sop.cosmology.design")
 
 
@@ -76,8 +78,8 @@ def draw_cosmologies(
     prior: Mapping[str, tuple[float, float]],
     fiducial: Mapping[str, float],
     *,
-    sampler: str = "sobol",
-    seed: int = 0,
+    sampler: str | None = None,
+    seed: int | None = None,
 ) -> np.ndarray:
     """Draw ``n`` flat wCDM cosmologies with (Omega_m, sigma_8) filling the prior box.
 
@@ -90,7 +92,8 @@ def draw_cosmologies(
     fiducial
         Fixed parameters ``h`` (H0 / 100 km s^-1 Mpc^-1), ``Ob``, ``ns``, ``w0``.
     sampler, seed
-        See :func:`unit_design`.
+        See :func:`unit_design`; None takes the config's ``mock.sampler`` and ``seed``
+        defaults.
 
     Returns
     -------
@@ -102,6 +105,8 @@ def draw_cosmologies(
         Eisenstein & Hu transfer function, which defines no primordial amplitude (a Boltzmann
         code would be needed to convert). ``bary_Mc`` and ``bary_nu`` are NaN: no baryons.
     """
+    sampler = defaults("mock.sampler") if sampler is None else sampler
+    seed = defaults("seed") if seed is None else seed
     unit = unit_design(n, sampler, seed)
     table = np.zeros(n, dtype=cosmology_dtype())
     for column, name in enumerate(VARIED_PARAMETERS):

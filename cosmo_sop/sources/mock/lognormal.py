@@ -3,7 +3,7 @@
 The convergence of bin ``i`` is modelled as a shifted lognormal field (Hilbert, Hartlap &
 Schneider 2011; Xavier et al. 2016)::
 
-    kappa_i = lambda_i [exp(X_i - var(X_i) / 2) - 1]
+    kappa_i = lambda_i[exp(X_i - var(X_i) / 2) - 1]
 
 with correlated Gaussian fields X_i. It has zero mean, a positive skewness and a hard minimum
 ``-lambda_i``, the convergence of an empty beam. GLASS solves for the Gaussian spectra of the X_i
@@ -25,7 +25,8 @@ import numpy as np
 HILBERT2011_OMEGA_M = 0.25
 
 # Tag mixed into the seeds of the maps so that they never coincide with another stream
-# derived from the same master seed.
+# derived from the same master seed. The tag spells the module's first name: changing it
+# would change every mock.
 _MAP_STREAM = zlib.crc32(b"cosmo_sop.lognormal.maps")
 
 
@@ -75,7 +76,7 @@ def gaussian_spectra(spectra: list[np.ndarray], shifts: np.ndarray) -> list[np.n
     Parameters
     ----------
     spectra
-        Target convergence spectra in GLASS standard order (:mod:`cosmo_sop.spectra`).
+        Target convergence spectra in GLASS standard order (:mod:`cosmo_sop.sources.mock.spectra`).
     shifts
         Lognormal shift of each bin (:func:`lognormal_shifts`).
 

@@ -67,7 +67,8 @@ def tomographic_nz(
 
 
 def ccl_cosmology(parameters: Mapping[str, float]) -> ccl.Cosmology:
-    """CCL cosmology of one row of a cosmology table (:func:`cosmo_sop.cosmology.draw_cosmologies`).
+    """CCL cosmology of one row of a cosmology table
+    (:func:`cosmo_sop.sources.mock.design.draw_cosmologies`).
 
     Flat, massless neutrinos, normalised by sigma_8, Eisenstein & Hu transfer function and
     halofit non-linear matter power spectrum.

@@ -1,0 +1,225 @@
+"""The batched engine behind every faithfulness metric: plans, one stream of rows, scoring.
+
+A metric is a *builder*: before the model runs it states its *plans* (N x S perturbed inputs,
+each row showing x or the substrate pixel by pixel); :func:`run_builders` streams the rows of
+all plans of all builders, plus 2 N reference rows (the substrate and x, shared by all curves
+of a call), through the model in batches of ``max_batch`` and then lets every builder score its
+rows. A full :func:`~cosmo_sop.faithfulness.metrics.faithfulness_metrics` call over N maps at F
+fractions thus costs ceil(rows / max_batch) model calls, with N F rows per curve; the perturbed
+maps are built per batch, never all at once.
+
+Normalisation. Errors are divided by the error of the all-substrate input, e(0), so curves of
+different methods and maps share one scale: insertion runs from 1 to 0 and deletion from 0 to 1
+(with ``reference="prediction"``). ``normalise="pooled"`` (the default) divides the map-mean
+error by the map-mean e(0); ``"map"`` divides every map by its own e(0) and then averages, which
+weights maps equally but is unstable for maps whose prediction is close to the substrate's (a
+standardised prediction near the training mean: e(0) -> 0, ratios unbounded; maps with
+e(0) = 0 are left out). AUCs use the trapezoid rule over the positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from cosmo_sop.faithfulness.inputs import Predict, check_predict, check_settings
+from cosmo_sop.faithfulness.results import Curve
+from cosmo_sop.faithfulness.substrates import SubstrateKind, make_substrate, substrate_name
+
+ErrorKind = Literal["absolute", "squared"]
+Reference = Literal["prediction", "label"]
+Normalise = Literal["pooled", "map", "none"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """N x S perturbed inputs: row (n, s) shows x where ``changed(n, s)`` is True (insertion)
+    or the substrate there (deletion), and the other one elsewhere."""
+
+    changed: Callable[[Tensor, Tensor], Tensor]  # (map index (R,), step (R,)) -> bool (R, H, W)
+    n_steps: int
+    insert: bool
+
+
+def reference_plan(height: int, width: int) -> Plan:
+    """Step 0: the substrate; step 1: x itself."""
+    return Plan(lambda maps, steps: (steps == 1)[:, None, None].expand(-1, height, width), 2, True)
+
+
+def rank_plan(ranks: Tensor, counts: np.ndarray, insert: bool) -> Plan:
+    """Step s changes the counts[s] top-ranked pixels of every map."""
+    counts = torch.as_tensor(counts, device=ranks.device)
+    return Plan(lambda maps, steps: ranks[maps] < counts[steps, None, None], len(counts), insert)
+
+
+def union_plan(union: Tensor, insert: bool) -> Plan:
+    """Step s changes the pixels in union[:, s] (N, S, H, W)."""
+    return Plan(lambda maps, steps: union[maps, steps], union.shape[1], insert)
+
+
+def evaluate(
+    predict: Predict,
+    x: Tensor,
+    substrate: Tensor,
+    plans: Sequence[Plan],
+    max_batch: int,
+    progress: bool,
+    max_output: int,
+) -> list[np.ndarray]:
+    """Predictions on every row of every plan, as float64 arrays (N, S, n_outputs) per plan.
+
+    The rows of all plans form one stream cut into batches of at most ``max_batch``, so a batch
+    may mix plans; the perturbed maps of a batch are built in one vectorised step.
+    """
+    check_predict(predict)
+    n_maps = x.shape[0]
+    sizes = [n_maps * plan.n_steps for plan in plans]
+    offsets = np.cumsum([0, *sizes])
+    total = int(offsets[-1])
+    results: list[np.ndarray | None] = [None] * len(plans)
+    starts = range(0, total, max_batch)
+    bar = tqdm(starts, desc="faithfulness", unit="batch", disable=not progress, leave=False)
+    with torch.inference_mode():
+        for start in bar:
+            stop = min(start + max_batch, total)
+            parts, spans = [], []
+            for index, plan in enumerate(plans):
+                low, high = max(start, offsets[index]), min(stop, offsets[index + 1])
+                if low >= high:
+                    continue
+                rows = torch.arange(low - offsets[index], high - offsets[index], device=x.device)
+                maps, steps = rows // plan.n_steps, rows % plan.n_steps
+                changed = plan.changed(maps, steps)[:, None]  # (R, 1, H, W), all bins together
+                shown, hidden = (x, substrate) if plan.insert else (substrate, x)
+                parts.append(torch.where(changed, shown[maps], hidden[maps]))
+                spans.append((index, low - offsets[index], high - offsets[index]))
+            batch = parts[0] if len(parts) == 1 else torch.cat(parts)
+            predicted = torch.as_tensor(predict(batch))
+            expected_rows = predicted.ndim == 2 and predicted.shape[0] == batch.shape[0]
+            if not (expected_rows and predicted.shape[1] > max_output):
+                raise ValueError(
+                    f"predict returned shape {tuple(predicted.shape)} for {batch.shape[0]} inputs; "
+                    f"expected (inputs, n_outputs) with n_outputs > {max_output}, the output scored"
+                )
+            predicted = predicted.detach().to("cpu", torch.float64).numpy()
+            row = 0
+            for index, low, high in spans:
+                if results[index] is None:
+                    results[index] = np.empty((sizes[index], predicted.shape[1]))
+                results[index][low:high] = predicted[row : row + high - low]
+                row += high - low
+    return [r.reshape(n_maps, plan.n_steps, -1) for r, plan in zip(results, plans)]
+
+
+def error_of(difference: np.ndarray, kind: ErrorKind) -> np.ndarray:
+    return np.abs(difference) if kind == "absolute" else difference**2
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Settings and reference predictions shared by all curves of one evaluation."""
+
+    reference_predictions: np.ndarray  # (N, 2, n_outputs): substrate, x
+    labels: np.ndarray | None
+    substrate: str
+    error: ErrorKind
+    reference: Reference
+    normalise: Normalise
+
+    def target(self, output: int) -> np.ndarray:
+        """(N,) value the error is measured to."""
+        if self.reference == "label":
+            return self.labels[:, output]
+        return self.reference_predictions[:, 1, output]
+
+    def curve(
+        self,
+        kind: str,
+        output: int,
+        position: np.ndarray,
+        predictions: np.ndarray,
+        pixel_fraction: np.ndarray,
+    ) -> Curve:
+        """Score (N, S, n_outputs) predictions of perturbed inputs as a :class:`Curve`."""
+        prediction = predictions[..., output]
+        target = self.target(output)
+        error = error_of(prediction - target[:, None], self.error)
+        scale = error_of(self.reference_predictions[:, 0, output] - target, self.error)
+        if self.normalise == "none":
+            per_map = error.copy()
+        elif self.normalise == "map":
+            # Maps whose substrate prediction equals the reference cannot be normalised.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_map = np.where(scale[:, None] > 0, error / scale[:, None], np.nan)
+        else:
+            pooled = scale.mean()
+            per_map = error / pooled if pooled > 0 else np.full_like(error, np.nan)
+        kept = ~np.isnan(per_map).any(axis=1)
+        mean = per_map[kept].mean(axis=0) if kept.any() else np.full(position.shape, np.nan)
+        return Curve(
+            kind=kind,
+            output=output,
+            position=position,
+            curve=mean,
+            per_map=per_map,
+            auc=float(np.trapezoid(mean, position)),
+            map_auc=np.trapezoid(per_map, position, axis=1),
+            error=error,
+            scale=scale,
+            prediction=prediction,
+            pixel_fraction=pixel_fraction,
+            better="lower" if "insertion" in kind else "higher",
+            substrate=self.substrate,
+            error_kind=self.error,
+            reference=self.reference,
+            normalise=self.normalise,
+        )
+
+
+class Builder(Protocol):
+    """A metric of :func:`run_builders`: its plans, the output it scores, and its scoring."""
+
+    output: int
+    plans: list[Plan]
+
+    def finish(self, scoring: Scoring, predictions: list[np.ndarray]) -> Any:
+        """The metric's result from the predictions (N, S, n_outputs) of each of its plans."""
+        ...
+
+
+def run_builders(
+    predict: Predict,
+    x: Tensor,
+    builders: Sequence[Builder],
+    *,
+    substrate: SubstrateKind | Tensor,
+    blur_sigma: float,
+    labels: np.ndarray | None,
+    reference: Reference,
+    error: ErrorKind,
+    normalise: Normalise,
+    max_batch: int,
+    progress: bool,
+) -> list[Any]:
+    """Evaluate every builder's plans in one stream, then let each builder score its rows."""
+    check_settings(error, reference, normalise, max_batch, labels)
+    substrate_maps = make_substrate(x, substrate, blur_sigma)
+    plans = [reference_plan(*x.shape[2:])] + [plan for b in builders for plan in b.plans]
+    max_output = max(b.output for b in builders)
+    if labels is not None and labels.shape[1] <= max_output:
+        raise ValueError(f"labels have {labels.shape[1]} outputs; output {max_output} is scored")
+    predictions = evaluate(predict, x, substrate_maps, plans, max_batch, progress, max_output)
+    name = substrate_name(substrate)
+    scoring = Scoring(predictions[0], labels, name, error, reference, normalise)
+    results, start = [], 1
+    for builder in builders:
+        stop = start + len(builder.plans)
+        results.append(builder.finish(scoring, predictions[start:stop]))
+        start = stop
+    return results

@@ -1,0 +1,137 @@
+"""The options of a faithfulness evaluation: the config schema's defaults filled in, checked.
+
+Methods are ``"sop"`` and the keys of :data:`cosmo_sop.attribution.METHODS`; the keyword options
+of each baseline are those of :func:`cosmo_sop.attribution.attribute`, with ``n_samples``
+(``evaluation.n_samples``) for the perturbation methods and the evaluation's ``seed`` for the
+stochastic ones.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cosmo_sop.attribution.registry import METHODS, SOP
+from cosmo_sop.config import defaults
+from cosmo_sop.errors import InputError
+from cosmo_sop.structures.definitions import StructureDefinition, checked_definitions
+
+#: Methods compared by default: the config schema's ``evaluation.methods`` (SOP and every
+#: baseline of :data:`~cosmo_sop.attribution.METHODS`).
+DEFAULT_METHODS: tuple[str, ...] = tuple(defaults("evaluation")["methods"])
+#: The perturbation methods, whose number of perturbed maps per map is ``evaluation.n_samples``.
+PERTURBATION_METHODS: tuple[str, ...] = ("kernel_shap", "lime")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The checked options of one evaluation, the schema's defaults filled in."""
+
+    methods: list[str]
+    skipped: dict[str, str]
+    options: dict[str, dict[str, Any]]
+    n_maps: int
+    keep_fraction: float
+    seed: int
+    definitions: tuple[StructureDefinition, ...]
+    n_boot: int
+
+
+def settings_of(
+    methods: Sequence[str] | None,
+    n_maps: int | None,
+    keep_fraction: float | None,
+    n_samples: int | None,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+    seed: int | None,
+    definitions: Sequence[Mapping[str, Any] | StructureDefinition] | None,
+    n_boot: int | None,
+    segments_store: str | os.PathLike | None,
+) -> Settings:
+    """The options of :func:`~cosmo_sop.faithfulness.run.faithfulness_evaluation`, checked,
+    None filled with the schema's default; the methods that need the segments store are
+    skipped, with a warning, without it.
+
+    Raises
+    ------
+    InputError
+        Naming the argument: an unknown method or option, a bad ``n_maps``, definitions that
+        lack the void and the cluster that purity needs.
+    """
+    evaluation = defaults("evaluation")
+    methods = _check_methods(evaluation["methods"] if methods is None else methods)
+    definitions = checked_definitions(definitions)
+    n_maps = evaluation["n_maps"] if n_maps is None else n_maps
+    if isinstance(n_maps, bool) or not isinstance(n_maps, int) or n_maps < 1:
+        raise InputError("argument 'n_maps'", f"must be a positive integer, got {n_maps!r}")
+    seed = defaults("seed") if seed is None else seed
+    skipped: dict[str, str] = {}
+    if segments_store is None:
+        for method in [m for m in methods if m != SOP and METHODS[m].needs_segments]:
+            skipped[method] = "needs the segments store (not given)"
+        if skipped:
+            warnings.warn(
+                f"faithfulness: skipping {', '.join(skipped)}, which need the segments store",
+                UserWarning,
+                stacklevel=3,
+            )
+        methods = [m for m in methods if m not in skipped]
+    n_samples = evaluation["n_samples"] if n_samples is None else n_samples
+    return Settings(
+        methods=methods,
+        skipped=skipped,
+        options=_method_options(methods, method_options, n_samples, seed),
+        n_maps=n_maps,
+        keep_fraction=evaluation["keep_fraction"] if keep_fraction is None else keep_fraction,
+        seed=seed,
+        definitions=definitions,
+        n_boot=defaults("structures")["n_boot"] if n_boot is None else n_boot,
+    )
+
+
+def _check_methods(methods: Sequence[str]) -> list[str]:
+    if isinstance(methods, str) or not methods:
+        raise InputError(
+            "argument 'methods'", f"must be a non-empty list of names, got {methods!r}"
+        )
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m != SOP and m not in METHODS]
+    if unknown:
+        raise InputError("argument 'methods'", f"unknown {unknown}; valid: {[SOP, *METHODS]}")
+    return methods
+
+
+def _method_options(
+    methods: Sequence[str],
+    given: Mapping[str, Mapping[str, Any]] | None,
+    n_samples: int,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Keyword options of every baseline in ``methods``: ``n_samples`` for the perturbation
+    methods, then the given ones, then ``seed`` for the stochastic methods unless given."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - {SOP, *METHODS})
+    if unknown:
+        raise InputError("argument 'method_options'", f"unknown method(s) {unknown}")
+    if SOP in given and given[SOP]:
+        raise InputError("argument 'method_options'", "SOP's attribution takes no options")
+    options = {}
+    for method in methods:
+        if method == SOP:
+            continue
+        samples = {"n_samples": n_samples} if method in PERTURBATION_METHODS else {}
+        merged = {**samples, **dict(given.get(method, {}))}
+        if METHODS[method].stochastic:
+            merged.setdefault("seed", int(seed))
+        accepted = METHODS[method].options
+        bad = sorted(set(merged) - set(accepted))
+        if bad:
+            raise InputError(
+                f"method_options[{method!r}]",
+                f"unknown option(s) {bad}; accepted: {list(accepted)}",
+            )
+        options[method] = merged
+    return options

@@ -1,0 +1,295 @@
+"""The content of each section of the report, as plain data for the template.
+
+One function per section of one noise level: (a) parameter recovery, (b) faithfulness of the
+attributions, (c) voids and clusters; :mod:`cosmo_sop.report.build` adds the summary across
+levels. Each returns a dict of numbers, strings, tables and figures
+(:mod:`cosmo_sop.report.tables`); a part that has not been computed is None.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosmo_sop import layout
+from cosmo_sop.errors import InputError
+from cosmo_sop.figures.labels import MODEL_LABELS
+from cosmo_sop.figures.predictions import plot_predicted_vs_true, read_model_predictions
+from cosmo_sop.report.inputs import (
+    NAMES,
+    png_bytes,
+    read_verdicts,
+    store_attrs,
+    store_sizes,
+)
+from cosmo_sop.report.tables import drawn, figure, flatten, is_number, number, table
+from cosmo_sop.report.verdicts import agreement, bootstrap_note, verdict_sentence, verdict_summary
+from cosmo_sop.storage import read_csv, read_json
+
+#: The project's target: SOP's test MSE at most this multiple of its backbone's.
+TARGET_RATIO = 1.20
+#: SOP's MSE relative to its backbone in the SOP paper (You et al. 2025): 67 % worse.
+PAPER_RATIO = 1.67
+#: What the faithfulness metrics mean (rows of science/faithfulness.csv).
+METRIC_MEANING = {
+    "Ins": "insertion AUC: pixels added to an empty map in the method's order",
+    "Del": "deletion AUC: pixels removed from the map in the method's order",
+    "InsG": "grouped insertion AUC: whole groups added in the method's order",
+    "DelG": "grouped deletion AUC: whole groups removed in the method's order",
+    "sparsity": "fraction of the map covered by groups with non-zero weight",
+    "groups": "groups with non-zero weight per map",
+    "purity": "share of the method's top parts in one class, void or cluster (≈ 0.5 by chance)",
+}
+
+
+def shown(path: Path, level_dir: Path) -> str:
+    """A path as the report names it: relative to its level's folder."""
+    return path.relative_to(level_dir).as_posix()
+
+
+# --------------------------------------------------------------------------------------------
+# (a) Parameter recovery
+
+
+def sop_backbone_ratio(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
+    """SOP's test MSE over the backbone's, per parameter and ``"both"`` (sum of standardised MSE).
+
+    The ratio is the same in standardised and physical units: SOP predicts through its
+    backbone's label scaling. None if either model is missing.
+    """
+    sop, backbone = metrics.get(MODEL_LABELS["sop"]), metrics.get(MODEL_LABELS["backbone"])
+    if sop is None or backbone is None:
+        return None
+    a, b = sop["mse_standardised"], backbone["mse_standardised"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = {n: float(np.divide(a[n], b[n])) for n in NAMES}
+        ratios["both"] = float(np.divide(sum(a.values()), sum(b.values())))
+    return ratios
+
+
+def ratio_verdict(ratio: float) -> dict[str, Any]:
+    """A ratio of test MSE against the target: ``finite``, ``value``, ``percent`` (how much
+    worse or better), ``word`` ("worse", "better"), ``met`` (at most :data:`TARGET_RATIO`)."""
+    if not math.isfinite(ratio):
+        return {"finite": False}
+    return {
+        "finite": True,
+        "value": ratio,
+        "percent": abs(ratio - 1) * 100,
+        "word": "worse" if ratio >= 1 else "better",
+        "met": ratio <= TARGET_RATIO,
+    }
+
+
+def _metrics_table(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Models' test MSE (standardised, physical, over the backbone's); lowest MSE marked."""
+    backbone = metrics.get(MODEL_LABELS["backbone"])
+    rows, best = [], [set() for _ in metrics]
+    for entry in metrics.values():
+        ratios = [
+            entry["mse_standardised"][n] / backbone["mse_standardised"][n]
+            if backbone and backbone["mse_standardised"][n] > 0
+            else None
+            for n in NAMES
+        ]
+        rows.append(
+            [
+                *(entry["mse_standardised"][n] for n in NAMES),
+                *(entry["mse"][n] for n in NAMES),
+                *ratios,
+            ]
+        )
+    for column in range(2 * len(NAMES)):  # the lowest MSE of every column
+        values = np.array([row[column] for row in rows], dtype=np.float64)
+        if np.isfinite(values).any():
+            best[int(np.nanargmin(values))].add(column + 2)
+    labelled = [
+        [label, entry["n_test_maps"], *row] for (label, entry), row in zip(metrics.items(), rows)
+    ]
+    return table([], labelled, best)
+
+
+def recovery(level_dir: Path, metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """(a): the test errors of every model, SOP against its backbone, predicted vs true."""
+    ratios = sop_backbone_ratio(metrics)
+    predictions = read_model_predictions(level_dir, NAMES)
+    plot = None
+    if predictions:
+        plot = figure(drawn(plot_predicted_vs_true, predictions, names=NAMES), "predicted vs true")
+    return {
+        "table": _metrics_table(metrics) if metrics else None,
+        "ratios": None if ratios is None else {k: ratio_verdict(r) for k, r in ratios.items()},
+        "predictions": plot,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# (b) Faithfulness
+
+
+def _faithfulness_maps(results: Path, level: str) -> str:
+    """A sentence on the maps of the faithfulness table: attribute ``n_maps`` of the
+    faithfulness store (and the methods it skipped) if recorded, otherwise the size of the
+    explanation store the metrics are computed from."""
+    attrs = store_attrs(layout.science_dir(results, level) / layout.FAITHFULNESS_STORE)
+    if attrs and attrs.get("n_maps") is not None:
+        text = f"Computed on {number(attrs['n_maps'])} test maps."
+        try:
+            skipped = json.loads(attrs.get("skipped") or "{}")
+        except (TypeError, json.JSONDecodeError):
+            skipped = {}
+        if skipped:
+            text += f" Methods left out: {json.dumps(skipped)}."
+        return text
+    sizes = store_sizes(layout.explanations(results, level))
+    if sizes is not None:
+        n = sizes.get("sample")
+        return f"Computed on the maps of the explanation store ({number(n)} test maps)."
+    return "The number of maps is not recorded."
+
+
+def _faithfulness_table(methods: list[str], rows: list[list[str]], output: str) -> dict[str, Any]:
+    """The table of one output: each metric, what it means, the methods' values; the most
+    faithful value of each row marked."""
+    body, best = [], []
+    for _, metric, better, *values in (r for r in rows if r[0] == output):
+        numbers = [float(v) if is_number(v) else math.nan for v in values]
+        finite = [x for x in numbers if math.isfinite(x)]
+        marked = set()
+        if finite and better in ("lower", "higher"):
+            target = min(finite) if better == "lower" else max(finite)
+            marked = {3 + i for i, x in enumerate(numbers) if x == target}
+        meaning = METRIC_MEANING.get(metric)
+        if meaning is None and metric.startswith("MSE"):
+            meaning = "MSE of the standardised parameter from the top pixels alone"
+        body.append([metric, meaning or "", f"{better} is better", *values])
+        best.append(marked)
+    return table(["metric", "meaning", "better", *methods], body, best)
+
+
+def faithfulness(results: Path, level: str) -> dict[str, Any]:
+    """(b): the faithfulness table of every output, the curves."""
+    science = layout.science_dir(results, level)
+    path = science / layout.FAITHFULNESS_CSV
+    content = read_csv(path)
+    tables = None
+    if content is not None:
+        header, rows = content
+        fixed = ["output", "metric", "better"]
+        if header[:3] != fixed or len(header) < 4:
+            raise InputError(path, f"header must start with {fixed} and name methods, got {header}")
+        tables = [
+            {"name": output, "table": _faithfulness_table(header[3:], rows, output)}
+            for output in dict.fromkeys(row[0] for row in rows)
+        ]
+    return {
+        "file": shown(path, layout.level_dir(results, level)),
+        "maps": _faithfulness_maps(results, level) if content is not None else None,
+        "outputs": tables,
+        "curves": figure(png_bytes(science / layout.FAITHFULNESS_CURVES), "faithfulness curves"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# (c) Voids and clusters
+
+
+def _verdicts(path: Path) -> dict[str, Any] | None:
+    content = read_verdicts(path)
+    if content is None:
+        return None
+    records = content["verdicts"]
+    return {
+        "agreement": agreement(verdict_summary(records)),
+        "sentences": [
+            {"definition": str(r["definition"]), "sentence": verdict_sentence(r, content)}
+            for r in records
+        ],
+        "note": bootstrap_note(content),
+    }
+
+
+def _purity(science: Path) -> dict[str, Any] | None:
+    """SOP's purity (purity_sop.json) and every method's (purity.csv), where computed."""
+    purity = read_json(science / layout.PURITY_SOP)
+    methods = read_csv(science / layout.PURITY_CSV)
+    if purity is None and methods is None:
+        return None
+    out: dict[str, Any] = {"sop": None, "flat": None, "methods": None}
+    per_output = purity.get("purity") if isinstance(purity, Mapping) else None
+    if isinstance(per_output, Mapping) and all(isinstance(v, Mapping) for v in per_output.values()):
+        rows = [
+            [output, v.get("purity"), v.get("ci_low"), v.get("ci_high"), v.get("n_maps")]
+            for output, v in per_output.items()
+        ]
+        out["sop"] = table(["output", "purity", "CI low", "CI high", "maps"], rows)
+    elif purity is not None:
+        out["flat"] = table(["quantity", "value"], [[k, v] for k, v in flatten(purity)])
+    if methods is not None:
+        header, rows = methods
+        out["methods"] = table([h.replace("_", " ") for h in header], rows)
+    return out
+
+
+def _groups(groups: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """How many groups SOP gives weight to, and how large they are."""
+    if not groups:
+        return None
+    nonzero = groups.get("nonzero_groups_per_map") or {}
+    size = groups.get("mean_group_size") or {}
+    rows = []
+    for n in NAMES:
+        fraction = size.get(n)
+        rows.append([n, nonzero.get(n), None if fraction is None else 100 * float(fraction)])
+    header = [
+        "output",
+        "groups with non-zero weight per map",
+        "mean size of those groups (% of the map)",
+    ]
+    return {
+        "n_groups": groups.get("n_groups"),
+        "n_maps": groups.get("n_maps"),
+        "table": table(header, rows),
+    }
+
+
+def _examples(science: Path) -> list[dict[str, Any]]:
+    """The example-group figures, in their order (example_groups, _2, ..., _10)."""
+    stem = Path(layout.EXAMPLE_GROUPS).stem
+    paths = sorted(science.glob(f"{stem}*.png"), key=lambda p: (len(p.name), p.name))
+    return [figure(png_bytes(p), p.stem.replace("_", " ")) for p in paths]
+
+
+def structures(
+    results: Path, level: str, metrics: Mapping[str, Mapping[str, Any]]
+) -> dict[str, Any]:
+    """(c): the verdicts, the weight table, the purity, the figures, SOP's groups."""
+    level_dir = layout.level_dir(results, level)
+    science = layout.science_dir(results, level)
+    sizes = store_sizes(layout.explanations(results, level))
+    weights = read_csv(science / layout.WEIGHTS_CSV)
+    if weights is not None:
+        header, rows = weights
+        weights = table([h.replace("_", " ") for h in header], rows)
+    sop = metrics.get(MODEL_LABELS["sop"]) or {}
+    return {
+        "store": None
+        if sizes is None
+        else {"maps": sizes.get("sample"), "groups": sizes.get("group")},
+        "verdicts_file": shown(science / layout.VERDICTS, level_dir),
+        "verdicts": _verdicts(science / layout.VERDICTS),
+        "weights_file": shown(science / layout.WEIGHTS_CSV, level_dir),
+        "weights": weights,
+        "purity": _purity(science),
+        "histograms": figure(png_bytes(science / layout.WEIGHT_HISTOGRAMS), "weight histograms"),
+        "examples": _examples(science),
+        "groups_file": shown(
+            layout.model_dir(results, level, "sop") / layout.TEST_METRICS, level_dir
+        ),
+        "groups": _groups(sop.get("groups")),
+    }

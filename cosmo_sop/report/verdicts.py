@@ -1,0 +1,149 @@
+"""The void/cluster verdicts in words: sentences and counts from the records of verdicts.json.
+
+The structures step records each verdict as data (:func:`cosmo_sop.structures.verdict`: the
+weight ratio, its interval, the outcome); the report alone turns them into sentences, and
+counts outcomes from the records' ``outcome`` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from cosmo_sop.report.tables import number
+from cosmo_sop.structures.definitions import PAPER_FINDINGS
+
+#: How the report counts each outcome, in the order the counts are shown ("no_expectation" is
+#: not counted: the paper says nothing to agree with).
+COUNTED = {
+    "disagrees": "disagree",
+    "agrees": "agree",
+    "inconclusive": "inconclusive",
+    "no_groups": "no verdict",
+    "undefined": "no verdict",
+}
+
+
+def _g(value: float | None) -> str:
+    """Three significant digits; a value the record could not give (None) reads as nan."""
+    return f"{float('nan') if value is None else float(value):.3g}"
+
+
+def verdict_sentence(record: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """One sentence on whether one class agrees with the SOP paper, with numbers.
+
+    Parameters
+    ----------
+    record
+        A verdict record of :func:`cosmo_sop.structures.verdict` (``definition``, ``kind``,
+        ``rule``, ``n_groups``, ``ratio``, ``ci_low``, ``ci_high``, ``outcome``).
+    settings
+        What verdicts.json records beside the records: ``outputs`` (the two outputs of the
+        ratio), ``confidence`` (of the interval, a fraction), ``n_maps``, ``n_blocks``.
+
+    Returns
+    -------
+    str
+        E.g. ``"voids 'void' (mean < 0σ): Om/s8 weight ratio 1.21 [1.05, 1.38] (95% CI, 100
+        maps, 340 groups) — agrees with the paper (voids weigh more for Om)"``.
+    """
+    kind, definition = record.get("kind") or "", record["definition"]
+    rule = record.get("rule") or "rule not recorded"
+    head = f"{kind}s '{definition}' ({rule})" if kind else f"'{definition}' ({rule})"
+    outputs = settings["outputs"]
+    n_maps, n_blocks = settings["n_maps"], settings["n_blocks"]
+    sample = f"{n_maps} maps" if n_blocks == n_maps else f"{n_maps} maps in {n_blocks} blocks"
+    groups, outcome = record.get("n_groups"), record["outcome"]
+    if outcome == "no_groups":
+        return f"{head}: no groups in this class ({sample}) — no verdict"
+    if outcome == "undefined":
+        return (
+            f"{head}: ratio undefined, zero mean weight for {outputs[1]} ({sample}, "
+            f"{groups} groups) — no verdict"
+        )
+    level = f"{100 * settings['confidence']:g}% CI"
+    interval = (
+        f"{_g(record.get('ratio'))} [{_g(record.get('ci_low'))}, {_g(record.get('ci_high'))}]"
+    )
+    numbers = (
+        f"{head}: {outputs[0]}/{outputs[1]} weight ratio {interval} ({level}, {sample}, "
+        f"{groups} groups)"
+    )
+    if outcome == "inconclusive":
+        return f"{numbers} — inconclusive (CI includes 1)"
+    if outcome == "agrees":
+        return f"{numbers} — agrees with the paper ({PAPER_FINDINGS[kind]['text']})"
+    if outcome == "disagrees":
+        return f"{numbers} — disagrees with the paper (which finds {PAPER_FINDINGS[kind]['text']})"
+    return f"{numbers} — no paper expectation for kind {kind!r}"
+
+
+def verdict_summary(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per structure kind, how many verdict records agree, disagree, are inconclusive or give
+    no verdict (keys in that order: ``"disagree"``, ``"agree"``, ``"inconclusive"``,
+    ``"no verdict"``). Records without a kind, or whose outcome says nothing about the paper
+    (``"no_expectation"``), are not counted."""
+    shown = dict.fromkeys(COUNTED.values(), 0)
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        kind, outcome = record.get("kind"), record.get("outcome")
+        if not kind or outcome not in COUNTED:
+            continue
+        counts.setdefault(kind, dict(shown))[COUNTED[outcome]] += 1
+    return counts
+
+
+def agreement(counts: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:
+    """Per kind of the paper's findings (voids, clusters): the output it finds heavier, the
+    number of definitions, and the non-zero counts of :func:`verdict_summary`."""
+    out = []
+    for kind, finding in PAPER_FINDINGS.items():
+        per_kind = counts.get(kind) or {}
+        shown = {short: n for short, n in per_kind.items() if n}
+        out.append(
+            {
+                "kind": kind,
+                "heavier": finding["heavier"],
+                "total": sum(per_kind.values()),
+                "counts": shown,
+            }
+        )
+    return out
+
+
+def glance(counts: Mapping[str, Mapping[str, int]] | None) -> str | None:
+    """The verdicts of one level in a table cell: ``"voids: 1 agree; clusters: 2 no verdict"``
+    (None where the verdicts are not computed)."""
+    if counts is None:
+        return None
+    parts = [
+        f"{kind}s: " + ", ".join(f"{n} {short}" for short, n in counts[kind].items() if n)
+        for kind in PAPER_FINDINGS
+        if kind in counts
+    ]
+    return "; ".join(parts) or "no verdict"
+
+
+def bootstrap_note(settings: Mapping[str, Any]) -> str:
+    """How the intervals were made, from the settings recorded beside the verdicts."""
+    parts = []
+    n_maps = settings.get("n_maps")
+    if n_maps is not None:
+        blocks, kind = settings.get("n_blocks"), settings.get("bootstrap_blocks")
+        if blocks is not None and blocks != n_maps:
+            by = f" (by {kind})" if kind else ""
+            parts.append(f"{number(n_maps)} maps resampled in {number(blocks)} blocks{by}")
+        else:
+            parts.append(f"{number(n_maps)} maps resampled one by one")
+    if settings.get("n_boot") is not None:
+        parts.append(f"{number(settings['n_boot'])} bootstrap replicates")
+    if settings.get("confidence") is not None:
+        parts.append(f"{100 * float(settings['confidence']):g} % intervals")
+    if settings.get("nonzero_only") is not None:
+        nonzero = settings["nonzero_only"]
+        parts.append(
+            "only groups with non-zero weight" if nonzero else "zero-weight groups included"
+        )
+    if settings.get("smoothing_pixels"):
+        parts.append(f"σ map smoothed by {number(settings['smoothing_pixels'])} pixels")
+    return "; ".join(parts)

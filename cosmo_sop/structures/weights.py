@@ -1,0 +1,330 @@
+"""Weigh the structure classes for Omega_m and sigma_8, with bootstrap intervals, and compare
+with the SOP paper.
+
+The weight of a group for an output is its SOP score c_i (>= 0, summing to one over the groups
+of a map for every output). :func:`weight_table` gives, per definition and output, the mean
+weight of the groups of that class, and the ratio of the means for Omega_m and sigma_8, with
+bootstrap confidence intervals from resampling *maps* (groups of one map are correlated: their
+weights sum to one), or blocks of maps such as those of one cosmology. By default zero-weight
+groups count (``nonzero_only=False``): then the mean weight over all valid groups is the same for
+every output, so the Om/s8 ratio of all groups is exactly 1 and a class's ratio measures how
+much more of Om's weight than of s8's it receives. With ``nonzero_only=True`` the mean is over
+the groups the selector used (weight > 0) for that output, as the SOP authors' code selects the
+groups it shows (``get_masks_used`` in github.com/BrachioLab/sop, notebooks/demos); the ratio
+then also reflects how many groups each output uses.
+
+:func:`verdict` turns one class's ratio and interval into a record of whether it agrees with
+the paper's finding (:data:`~cosmo_sop.structures.definitions.PAPER_FINDINGS`); the report
+puts records into words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from cosmo_sop.config import defaults
+from cosmo_sop.errors import InputError
+from cosmo_sop.storage import finite_or_none
+from cosmo_sop.structures.bootstrap import block_codes, bootstrap_sums, check_confidence, interval
+from cosmo_sop.structures.definitions import OUTPUTS, PAPER_FINDINGS
+
+
+def check_scores(
+    scores: Any, valid: Any, n_outputs: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """SOP scores (N, m, n_out) as float64 and the valid groups (N, m) as bool (default: all),
+    refused unless finite, >= 0 and of matching shapes."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 3:
+        raise InputError("argument 'scores'", f"must have shape (N, m, n_out), got {scores.shape}")
+    if not np.isfinite(scores).all() or (scores < 0).any():
+        raise InputError("argument 'scores'", "must be finite and >= 0 (SOP group scores)")
+    if n_outputs is not None and scores.shape[-1] != n_outputs:
+        raise InputError(
+            "argument 'scores'", f"has {scores.shape[-1]} outputs, expected {n_outputs}"
+        )
+    valid = np.ones(scores.shape[:2], bool) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != scores.shape[:2]:
+        raise InputError(
+            "argument 'valid'", f"must have shape {scores.shape[:2]}, got {valid.shape}"
+        )
+    return scores, valid
+
+
+def membership_array(membership: xr.DataArray, shape: tuple[int, int]) -> np.ndarray:
+    """bool (sample, group, definition) of a :func:`~cosmo_sop.structures.classify` result,
+    refused unless it covers ``shape`` (sample, group)."""
+    if not isinstance(membership, xr.DataArray) or "definition" not in membership.dims:
+        raise InputError("argument 'membership'", "must be the DataArray returned by classify")
+    array = membership.transpose("sample", "group", "definition").values.astype(bool)
+    if array.shape[:2] != shape:
+        raise InputError(
+            "argument 'membership'", f"covers {array.shape[:2]} (sample, group), the scores {shape}"
+        )
+    return array
+
+
+def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Ratio of sums, NaN where nothing was counted (an empty class)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
+
+
+def _class_sums(
+    scores: np.ndarray, member: np.ndarray, valid: np.ndarray, nonzero_only: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per map: the weight sum and group count of every class and output (N, D, O), and the mean
+    weight of all counted groups per output (O,), the reference."""
+    counted = np.broadcast_to(member[..., None], (*member.shape, scores.shape[-1]))  # (N,m,D,O)
+    if nonzero_only:
+        counted = counted & (scores[:, :, None, :] > 0)
+    weight_sum = np.einsum("nmdo,nmo->ndo", counted, scores)
+    group_count = counted.sum(axis=1).astype(np.float64)  # (N, D, O)
+    all_counted = valid[..., None] & ((scores > 0) if nonzero_only else np.ones_like(scores, bool))
+    all_sum = np.einsum("nmo,nmo->no", all_counted, scores)
+    all_count = all_counted.sum(axis=1).astype(np.float64)
+    return weight_sum, group_count, _mean(all_sum.sum(0), all_count.sum(0))
+
+
+def _bootstrap_intervals(
+    weight_sum: np.ndarray,
+    group_count: np.ndarray,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+    blocks: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Percentile intervals of the class means (D, O) and of their ratio outputs[0]/outputs[1]
+    (D,), from one set of bootstrap replicates of the per-map sums."""
+    per_map = np.stack([weight_sum, group_count], axis=-1)  # (N, D, O, 2)
+    replicates = bootstrap_sums(per_map, n_boot, seed, blocks)
+    boot_mean = _mean(replicates[..., 0], replicates[..., 1])  # (B, D, O)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot_ratio = boot_mean[..., 0] / boot_mean[..., 1]
+    lo, hi = interval(boot_mean, confidence)
+    ratio_lo, ratio_hi = interval(boot_ratio, confidence)
+    return {"ci_low": lo, "ci_high": hi, "ratio_low": ratio_lo, "ratio_high": ratio_hi}
+
+
+def weight_table(
+    scores: np.ndarray | xr.DataArray,
+    membership: xr.DataArray,
+    valid: np.ndarray | xr.DataArray | None = None,
+    outputs: Sequence[str] = OUTPUTS,
+    nonzero_only: bool | None = None,
+    n_boot: int | None = None,
+    seed: int = 0,
+    confidence: float = 0.95,
+    blocks: np.ndarray | None = None,
+) -> xr.Dataset:
+    """Mean group weight per structure class and output, and the Om/s8 ratio, with bootstrap CIs.
+
+    Parameters
+    ----------
+    scores
+        SOP group scores c (N, m, n_out), >= 0, dimensionless.
+    membership
+        From :func:`~cosmo_sop.structures.classify` on the same groups, dims
+        (sample, group, definition).
+    valid
+        bool (N, m); invalid groups never count. Default: all.
+    outputs
+        Names of the outputs, in order; the ratio is ``outputs[0] / outputs[1]``.
+    nonzero_only
+        False: every valid group of the class counts, zero weights included (then the ratio over
+        all groups is exactly 1; see the module docstring). True: only groups with weight > 0
+        for that output. None: the config schema's ``structures.nonzero_only``.
+    n_boot, seed, confidence
+        Bootstrap replicates (None: the schema's ``structures.n_boot``), seed of
+        ``np.random.default_rng``, two-sided level of the percentile intervals.
+    blocks
+        Optional resampling block per map (e.g. the cosmology); default: every map its own.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (definition, output): ``mean_weight``, ``ci_low``, ``ci_high``, ``n_groups``;
+        (definition): ``ratio`` (mean weight for outputs[0] / for outputs[1]), ``ratio_low``,
+        ``ratio_high``; (output): ``mean_weight_all`` (all valid groups, the reference). Means
+        are ratios of sums over maps (each group counts once); NaN for a class without groups.
+        Attrs: n_maps, n_blocks, n_boot, seed, confidence, nonzero_only.
+    """
+    nonzero_only = defaults("structures.nonzero_only") if nonzero_only is None else nonzero_only
+    n_boot = defaults("structures.n_boot") if n_boot is None else n_boot
+    scores, valid = check_scores(scores, valid, len(outputs))
+    confidence = check_confidence(confidence)
+    if len(outputs) < 2:
+        raise InputError("argument 'outputs'", "needs two outputs for the ratio (e.g. Om, s8)")
+    member = membership_array(membership, scores.shape[:2]) & valid[..., None]  # (N, m, D)
+    weight_sum, group_count, mean_all = _class_sums(scores, member, valid, nonzero_only)
+    mean = _mean(weight_sum.sum(0), group_count.sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = mean[:, 0] / mean[:, 1]
+    ci = _bootstrap_intervals(weight_sum, group_count, n_boot, seed, confidence, blocks)
+
+    coords = {"definition": membership["definition"].values, "output": list(outputs)}
+    for extra in ("kind", "rule"):
+        if extra in membership.coords:
+            coords[extra] = ("definition", membership[extra].values)
+    by_class, by_definition = ("definition", "output"), ("definition",)
+    return xr.Dataset(
+        {
+            "mean_weight": (by_class, mean),
+            "ci_low": (by_class, ci["ci_low"]),
+            "ci_high": (by_class, ci["ci_high"]),
+            "n_groups": (by_class, group_count.sum(0).astype(np.int64)),
+            "ratio": (by_definition, ratio),
+            "ratio_low": (by_definition, ci["ratio_low"]),
+            "ratio_high": (by_definition, ci["ratio_high"]),
+            "mean_weight_all": (("output",), mean_all),
+        },
+        coords=coords,
+        attrs=_table_attrs(
+            scores.shape[0], blocks, n_boot, seed, confidence, nonzero_only, outputs
+        ),
+    )
+
+
+def _table_attrs(
+    n_maps: int,
+    blocks: np.ndarray | None,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+    nonzero_only: bool,
+    outputs: Sequence[str],
+) -> dict[str, Any]:
+    """The settings a weight table was made with, and what its ratio means."""
+    return {
+        "n_maps": int(n_maps),
+        "n_blocks": int(block_codes(blocks, n_maps).max() + 1),
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "confidence": confidence,
+        "nonzero_only": int(bool(nonzero_only)),
+        "ratio": f"mean weight for {outputs[0]} / mean weight for {outputs[1]}",
+    }
+
+
+def class_weights(
+    scores: np.ndarray | xr.DataArray,
+    membership: xr.DataArray,
+    definition: str,
+    output: int,
+    valid: np.ndarray | xr.DataArray | None = None,
+    nonzero_only: bool | None = None,
+) -> np.ndarray:
+    """The weights (scores for output index ``output``) of the valid groups of one class, 1-D.
+
+    ``nonzero_only``: keep only weights > 0; None: the config schema's
+    ``structures.nonzero_only``.
+    """
+    nonzero_only = defaults("structures.nonzero_only") if nonzero_only is None else nonzero_only
+    scores, valid = check_scores(scores, valid)
+    if definition not in membership["definition"].values:
+        raise InputError(
+            "argument 'definition'",
+            f"{definition!r} not among {list(membership['definition'].values)}",
+        )
+    member = membership.sel(definition=definition).transpose("sample", "group").values & valid
+    weights = scores[..., output][member]
+    return weights[weights > 0] if nonzero_only else weights
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts: records, put into words by the report
+
+
+#: Outcomes of :func:`verdict`.
+Outcome = Literal["agrees", "disagrees", "inconclusive", "no_groups", "undefined", "no_expectation"]
+OUTCOMES: tuple[str, ...] = (
+    "agrees",
+    "disagrees",
+    "inconclusive",
+    "no_groups",
+    "undefined",
+    "no_expectation",
+)
+
+
+def _outcome(
+    n_groups: int, ratio: float, low: float, high: float, heavier: str | None, outputs: list[str]
+) -> Outcome:
+    if n_groups == 0:
+        return "no_groups"
+    if not np.isfinite(ratio):
+        return "undefined"
+    if not (low > 1.0 or high < 1.0):  # also when the interval is undefined (NaN)
+        return "inconclusive"
+    if heavier not in outputs[:2]:
+        return "no_expectation"
+    observed = outputs[0] if low > 1.0 else outputs[1]
+    return "agrees" if observed == heavier else "disagrees"
+
+
+def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
+    """Whether one class agrees with the SOP paper, as a record.
+
+    The paper finds voids weigh more for Omega_m (ratio Om/s8 > 1) and clusters more for
+    sigma_8 (ratio < 1), see :data:`~cosmo_sop.structures.definitions.PAPER_FINDINGS`.
+    Agreement or disagreement is declared only when the bootstrap interval of the ratio
+    excludes 1; otherwise the result is inconclusive.
+
+    Parameters
+    ----------
+    table
+        From :func:`weight_table`.
+    definition
+        One of its definitions.
+
+    Returns
+    -------
+    dict
+        ``definition``; ``kind`` and ``rule`` (None if the table does not record them);
+        ``n_groups`` (the class's groups, the fewer of the two outputs'); ``ratio``, ``ci_low``,
+        ``ci_high`` (the weight ratio outputs[0] / outputs[1] and its interval, dimensionless;
+        None where not finite); ``outcome``, checked in this order: ``"no_groups"`` (empty
+        class), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1
+        or is undefined), ``"no_expectation"`` (the paper says nothing about this kind or these
+        outputs), ``"agrees"`` or ``"disagrees"``; ``agrees`` (True / False for those two,
+        otherwise None); ``expected_heavier`` (the output the paper finds heavier for this kind,
+        None if it has no finding). The sample size and confidence level are the table's attrs.
+
+    Raises
+    ------
+    InputError
+        If ``definition`` is not in the table.
+    """
+    if definition not in table["definition"].values:
+        raise InputError(
+            "argument 'definition'", f"{definition!r} not among {list(table['definition'].values)}"
+        )
+    row = table.sel(definition=definition)
+    kind = str(row["kind"].values) if "kind" in row.coords else None
+    rule = str(row["rule"].values) if "rule" in row.coords else None
+    n_groups = int(row["n_groups"].values.min())
+    ratio, low, high = (float(row[k]) for k in ("ratio", "ratio_low", "ratio_high"))
+    heavier = PAPER_FINDINGS[kind]["heavier"] if kind in PAPER_FINDINGS else None
+    outputs = [str(o) for o in table["output"].values]
+    outcome = _outcome(n_groups, ratio, low, high, heavier, outputs)
+    return {
+        "definition": str(definition),
+        "kind": kind,
+        "rule": rule,
+        "n_groups": n_groups,
+        "ratio": finite_or_none(ratio),
+        "ci_low": finite_or_none(low),
+        "ci_high": finite_or_none(high),
+        "outcome": outcome,
+        "agrees": {"agrees": True, "disagrees": False}.get(outcome),
+        "expected_heavier": heavier,
+    }
+
+
+def verdicts(table: xr.Dataset) -> list[dict[str, Any]]:
+    """:func:`verdict` of every definition of ``table``, in its order."""
+    return [verdict(table, str(name)) for name in table["definition"].values]

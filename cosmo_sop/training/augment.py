@@ -1,0 +1,107 @@
+"""Augmentation of training batches: symmetries of the square, and random masking.
+
+:func:`augment_batch` uses the isotropy of the sky: it applies one of the 8 symmetries of the
+square (rotations by multiples of 90 degrees, and flips) per map, identically to the map and
+its segments. :func:`mask_random_groups` zeroes random cells of some maps, so that a backbone
+learns to predict from the partial maps that SOP feeds it. Both draw from a seeded
+:class:`torch.Generator`, which the trainer seeds per epoch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Number of symmetries of the square (the dihedral group D4) used for augmentation.
+N_DIHEDRAL = 8
+
+
+def dihedral_transform(maps: torch.Tensor, element: int) -> torch.Tensor:
+    """Apply symmetry ``element`` (0..7) of the square to the last two axes of ``maps``.
+
+    ``element = 4 * flip + r``: a flip of the x axis if ``flip``, then a rotation by ``r * 90``
+    degrees. Element 0 is the identity.
+    """
+    flip, turns = divmod(int(element), 4)
+    if flip:
+        maps = maps.flip(-1)
+    return torch.rot90(maps, turns, dims=(-2, -1)) if turns else maps
+
+
+def augment_batch(
+    batch: dict[str, torch.Tensor], generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Apply a random symmetry of the square to each map of a batch, the same to its segments.
+
+    Rotations by 90 degrees and flips leave the statistics of an isotropic field unchanged.
+    Each symmetry is a permutation of the pixels, so the whole batch is moved by one gather per
+    array, with the per-map permutation picked from a table of the 8 (no loop over maps, and
+    deterministic on every device). Non-square maps only get the 4 symmetries that keep their
+    shape.
+
+    Parameters
+    ----------
+    batch
+        Dict with ``kappa`` (B, C, H, W) and optionally ``segments`` (B, H, W), on any device.
+    generator
+        CPU generator the symmetries are drawn from (seed it per epoch for reproducible runs).
+
+    Returns
+    -------
+    A new dict with contiguous ``kappa`` and ``segments``; other entries (``target``, ...) are
+    passed through. ``out["symmetry"]`` (B,) holds the element applied to each map (see
+    :func:`dihedral_transform`).
+    """
+    kappa = batch["kappa"]
+    n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
+    # Identity, half turn, flip and flip + half turn are the symmetries that keep H x W maps H x W.
+    allowed = list(range(N_DIHEDRAL)) if h == w else [0, 2, 4, 6]
+    choice = torch.randint(0, len(allowed), (n,), generator=generator)
+    pixels = torch.arange(h * w, device=kappa.device).reshape(h, w)
+    # sources[j, p]: the input pixel that symmetry allowed[j] moves to output pixel p.
+    sources = torch.stack([dihedral_transform(pixels, e).reshape(-1) for e in allowed])
+    index = sources[choice.to(kappa.device)]  # (B, H * W)
+    out = dict(batch)
+    out["symmetry"] = torch.tensor(allowed)[choice].to(kappa.device)
+    for key in ("kappa", "segments"):
+        if key in batch:
+            maps = batch[key]
+            flat = maps.reshape(n, -1, h * w)
+            out[key] = flat.gather(-1, index[:, None, :].expand_as(flat)).reshape(maps.shape)
+    return out
+
+
+def mask_random_groups(
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    probability: float,
+    grid: int,
+    min_keep: float,
+) -> dict[str, torch.Tensor]:
+    """Zero random cells of some maps, so a backbone learns to predict from partial maps.
+
+    A Sum-of-Parts model feeds its frozen backbone masked maps g ⊙ x that keep about 20% of the
+    map, so the backbone's predictions on such inputs must mean something. Each map is masked
+    with ``probability``: it is cut into a ``grid`` x ``grid`` lattice of cells (SOP's patch
+    tokens) and a random fraction, uniform in [``min_keep``, 1], of the cells is kept; kappa is
+    set to 0 (its mean) elsewhere.
+
+    Parameters
+    ----------
+    batch
+        Dict with ``kappa`` (B, C, H, W); other entries pass through.
+    generator
+        CPU generator the masks are drawn from (seeded per epoch by the trainer).
+    """
+    kappa = batch["kappa"]
+    n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
+    masked = torch.rand(n, generator=generator) < probability
+    keep = min_keep + (1 - min_keep) * torch.rand(n, generator=generator)
+    # A cell is kept when its random rank falls below the kept fraction of the cells.
+    scores = torch.rand(n, grid * grid, generator=generator)
+    ranks = scores.argsort(dim=1).argsort(dim=1).float() / (grid * grid)
+    cells = (ranks < keep[:, None]) | ~masked[:, None]  # (B, grid * grid)
+    row = torch.arange(h) * grid // h
+    col = torch.arange(w) * grid // w
+    pixel_cell = (row[:, None] * grid + col[None, :]).reshape(-1)  # (H * W,)
+    pixel_mask = cells[:, pixel_cell].reshape(n, 1, h, w).to(kappa.device, kappa.dtype)
+    return {**batch, "kappa": kappa * pixel_mask}
