@@ -51,9 +51,9 @@ def _read_config(args: argparse.Namespace) -> Config:
 
 
 def _simulate_mock(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.sources.mock import simulate
+    from cosmo_sop.sources.mock.simulate import run
 
-    simulate.run(config, root=args.root, workers=args.workers)
+    run(config, root=args.root, workers=args.workers)
 
 
 def _plot_mock(args: argparse.Namespace, config: Config) -> None:
@@ -63,9 +63,9 @@ def _plot_mock(args: argparse.Namespace, config: Config) -> None:
 
 
 def _ingest(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop.ingest import run
+    from cosmo_sop.ingest.run import run
 
-    run.run(config, root=args.root, output=args.output, workers=args.workers)
+    run(config, root=args.root, output=args.output, workers=args.workers)
 
 
 def _plot_patches(args: argparse.Namespace, config: Config) -> None:
@@ -75,9 +75,9 @@ def _plot_patches(args: argparse.Namespace, config: Config) -> None:
 
 
 def _noise(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop import noise
+    from cosmo_sop.noise import run
 
-    noise.run(
+    run(
         config,
         level=args.level,
         input_store=args.input,
@@ -87,9 +87,9 @@ def _noise(args: argparse.Namespace, config: Config) -> None:
 
 
 def _segment(args: argparse.Namespace, config: Config) -> None:
-    from cosmo_sop import segmentation
+    from cosmo_sop.segmentation import run
 
-    segmentation.run(config, input_store=args.input, output_store=args.output, workers=args.workers)
+    run(config, input_store=args.input, output_store=args.output, workers=args.workers)
 
 
 def _plot_segments(args: argparse.Namespace, config: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,32 @@ def test_schema_default_structures_are_the_library_defaults():
     assert purity_table({"sop": np.full((3, 2), 0.5)}).attrs["n_boot"] == options["n_boot"]
     # the workflow resamples maps one by one unless the config says otherwise
     assert options["bootstrap_blocks"] == "map"
+
+
+def _schema_keys(node: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """(section, key) of every key of the schema, list items counting as their list's."""
+    keys = []
+    for key, spec in node.get("properties", {}).items():
+        keys.append((prefix, key))
+        for child in (spec, spec.get("items", {})):
+            if isinstance(child, dict) and "properties" in child:
+                keys += _schema_keys(child, f"{prefix}.{key}" if prefix else key)
+    return keys
+
+
+def test_config_readme_explains_every_key():
+    """config/README.md has a section per top-level section, and names every key in it."""
+    schema = yaml.safe_load((ROOT / "cosmo_sop" / "schemas" / "config.schema.yaml").read_text())
+    readme = (ROOT / "config" / "README.md").read_text()
+    sections = {"": readme.split("\n## ")[1]}
+    for part in readme.split("\n## ")[1:]:
+        sections[part.split()[0].strip("`")] = part
+    missing = []
+    for section, key in _schema_keys(schema):
+        top = section.split(".")[0]
+        text = sections.get(top, "")
+        if not section and key in sections:
+            continue  # a section of its own
+        if not re.search(rf"`\.?{re.escape(key)}`|\b{re.escape(key)}\b", text):
+            missing.append(f"{section}.{key}" if section else key)
+    assert not missing, f"config/README.md does not explain: {missing}"

@@ -421,6 +421,13 @@ def test_verdict_sentences_of_every_outcome():
             "blocks, 34 groups) — inconclusive (CI includes 1)",
         ),
         (
+            # An infinite upper bound (JSON null beside a finite lower bound), as the old
+            # sentences wrote it.
+            cluster | {"outcome": "inconclusive", "ci_low": 0.389, "ci_high": None},
+            "clusters 'cl' (mean > 2σ): Om/s8 weight ratio 1.21 [0.389, inf] (95% CI, 30 maps in "
+            "10 blocks, 34 groups) — inconclusive (CI includes 1)",
+        ),
+        (
             cluster | {"outcome": "no_groups", "n_groups": 0},
             "clusters 'cl' (mean > 2σ): no groups in this class (30 maps in 10 blocks) — no verdict",
         ),

@@ -53,7 +53,7 @@ from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
 from cosmo_sop.figures.faithfulness import plot_curves
 from cosmo_sop.layout import FAITHFULNESS_CSV, FAITHFULNESS_CURVES, FAITHFULNESS_STORE, PURITY_CSV
 from cosmo_sop.storage import json_text, write_csv, write_zarr
-from cosmo_sop.structures.classify import classify, group_statistics, sigma_map
+from cosmo_sop.structures.classes import classify, group_statistics, sigma_map
 from cosmo_sop.structures.definitions import StructureDefinition
 from cosmo_sop.structures.purity import cell_purity, purity_table, sop_purity
 

@@ -21,7 +21,7 @@ from scipy import ndimage
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures import save_figure
 from cosmo_sop.figures.labels import TEX_ITALIC
-from cosmo_sop.structures.classify import sigma_map
+from cosmo_sop.structures.classes import sigma_map
 from cosmo_sop.structures.definitions import OUTPUTS
 from cosmo_sop.structures.purity import top_groups
 from cosmo_sop.structures.weights import class_weights

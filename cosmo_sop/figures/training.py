@@ -15,7 +15,7 @@ from cosmo_sop.storage import read_csv
 
 
 def read_metrics(metrics_csv: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Columns of a ``metrics.csv`` written by :func:`cosmo_sop.training.fit`, as float arrays.
+    """Columns of a ``metrics.csv`` written by :func:`cosmo_sop.training.loop.fit`, as float arrays.
 
     Raises
     ------

@@ -35,7 +35,7 @@ def save_weights(
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a state dict saved by :func:`save_weights` (``.safetensors``) or by ``torch.save``
     (read with ``weights_only=True``, so no code from the file is executed). A checkpoint of
-    :func:`cosmo_sop.training.fit` gives its best weights."""
+    :func:`cosmo_sop.training.loop.fit` gives its best weights."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "weights file not found")

@@ -62,9 +62,11 @@ def verdict_sentence(record: Mapping[str, Any], settings: Mapping[str, Any]) -> 
             f"{groups} groups) — no verdict"
         )
     level = f"{100 * settings['confidence']:g}% CI"
-    interval = (
-        f"{_g(record.get('ratio'))} [{_g(record.get('ci_low'))}, {_g(record.get('ci_high'))}]"
-    )
+    low, high = record.get("ci_low"), record.get("ci_high")
+    # JSON has no infinity: an upper bound recorded as null beside a finite lower bound was
+    # infinite (a replicate gave the denominator no weight; the interval ignores only NaN).
+    high_text = "inf" if high is None and low is not None else _g(high)
+    interval = f"{_g(record.get('ratio'))} [{_g(low)}, {high_text}]"
     numbers = (
         f"{head}: {outputs[0]}/{outputs[1]} weight ratio {interval} ({level}, {sample}, "
         f"{groups} groups)"

@@ -4,7 +4,7 @@ The SOP paper (You et al. 2025, Sec. "cosmology") reads its CosmoGrid groups as 
 clusters and finds that voids carry more of the weight for Omega_m and clusters more for sigma_8.
 This subpackage makes that reading reproducible, with any number of definitions in one run and
 bootstrap uncertainties: :mod:`~cosmo_sop.structures.definitions` says what a void or a cluster
-is (and holds the paper's findings), :mod:`~cosmo_sop.structures.classify` classifies groups on
+is (and holds the paper's findings), :mod:`~cosmo_sop.structures.classes` classifies groups on
 each map's sigma map, :mod:`~cosmo_sop.structures.weights` weighs the classes (with intervals
 from :mod:`~cosmo_sop.structures.bootstrap`) and gives verdict records,
 :mod:`~cosmo_sop.structures.purity` measures how cleanly a map's top parts (SOP's groups, or the
@@ -15,7 +15,7 @@ needs PyTorch).
 
 from cosmo_sop.structures.bootstrap import bootstrap_sums
 from cosmo_sop.structures.cells import attribution_cells, cell_statistics
-from cosmo_sop.structures.classify import classify, group_labels, group_statistics, sigma_map
+from cosmo_sop.structures.classes import classify, group_labels, group_statistics, sigma_map
 from cosmo_sop.structures.definitions import (
     DEFAULT_DEFINITIONS,
     KINDS,

@@ -16,7 +16,7 @@ import xarray as xr
 from scipy import ndimage
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.structures.classify import (
+from cosmo_sop.structures.classes import (
     REPORTED_ABOVE,
     REPORTED_BELOW,
     fraction_levels,

@@ -25,7 +25,7 @@ from cosmo_sop.explain import kappa_rows, open_explanations, patches_for
 from cosmo_sop.figures.structures import plot_groups, plot_weight_histograms
 from cosmo_sop.layout import EXAMPLE_GROUPS, PURITY_SOP, VERDICTS, WEIGHT_HISTOGRAMS, WEIGHTS_CSV
 from cosmo_sop.storage import finite_or_none, write_csv, write_json
-from cosmo_sop.structures.classify import classify, group_labels, group_statistics, sigma_map
+from cosmo_sop.structures.classes import classify, group_labels, group_statistics, sigma_map
 from cosmo_sop.structures.definitions import (
     PURITY_CLUSTER,
     PURITY_VOID,

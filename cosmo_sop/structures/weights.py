@@ -56,7 +56,7 @@ def check_scores(
 
 
 def membership_array(membership: xr.DataArray, shape: tuple[int, int]) -> np.ndarray:
-    """bool (sample, group, definition) of a :func:`~cosmo_sop.structures.classify` result,
+    """bool (sample, group, definition) of a :func:`~cosmo_sop.structures.classes.classify` result,
     refused unless it covers ``shape`` (sample, group)."""
     if not isinstance(membership, xr.DataArray) or "definition" not in membership.dims:
         raise InputError("argument 'membership'", "must be the DataArray returned by classify")
@@ -128,7 +128,7 @@ def weight_table(
     scores
         SOP group scores c (N, m, n_out), >= 0, dimensionless.
     membership
-        From :func:`~cosmo_sop.structures.classify` on the same groups, dims
+        From :func:`~cosmo_sop.structures.classes.classify` on the same groups, dims
         (sample, group, definition).
     valid
         bool (N, m); invalid groups never count. Default: all.

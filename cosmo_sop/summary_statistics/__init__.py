@@ -17,7 +17,7 @@ from cosmo_sop.summary_statistics.regressor import (
     fit_summary_regressor,
     predict,
 )
-from cosmo_sop.summary_statistics.run import run, run_summary_statistics
+from cosmo_sop.summary_statistics.run import run_summary_statistics
 from cosmo_sop.summary_statistics.spectra import (
     ARCMIN,
     apodisation_window,
@@ -40,7 +40,6 @@ __all__ = [
     "power_spectra",
     "predict",
     "resolve_summary_config",
-    "run",
     "run_summary_statistics",
     "snr_edges",
     "spectrum_features",

@@ -14,8 +14,8 @@ from cosmo_sop.training.augment import augment_batch, dihedral_transform, mask_r
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.checkpoint import config_hash
 from cosmo_sop.training.data import SAMPLE_KEYS, SPLITS, PatchData, PatchDataset
-from cosmo_sop.training.evaluate import evaluate
-from cosmo_sop.training.fit import derived_seed, fit
+from cosmo_sop.training.evaluation import evaluate
+from cosmo_sop.training.loop import derived_seed, fit
 from cosmo_sop.training.options import select_device, training_options
 from cosmo_sop.training.runs import (
     fit_options,

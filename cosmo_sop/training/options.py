@@ -22,7 +22,7 @@ from cosmo_sop.config import defaults, with_defaults
 from cosmo_sop.errors import InputError
 
 #: Keys of the ``training`` section that the workflow reads (memory held by the datasets, GPUs
-#: a job asks the scheduler for), not :func:`cosmo_sop.training.fit`; left out of its options.
+#: a job asks the scheduler for), not :func:`cosmo_sop.training.loop.fit`; left out of its options.
 WORKFLOW_KEYS = frozenset({"memory_budget_gib", "gpus"})
 
 #: Options that change how fast a run goes but not its results; left out of the config hash
@@ -31,7 +31,7 @@ OPERATIONAL_KEYS = frozenset({"num_workers", "threads", "progress", "eval_batch_
 
 
 def training_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Options of :func:`~cosmo_sop.training.fit`: ``seed`` and the ``training`` section,
+    """Options of :func:`~cosmo_sop.training.loop.fit`: ``seed`` and the ``training`` section,
     validated by the config schema and completed with its defaults.
 
     Keys come in a fixed order (``seed``, then the schema's), which the sidecar of the trained

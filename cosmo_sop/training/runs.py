@@ -2,7 +2,7 @@
 
 The rules ``train_backbone``, ``train_xdnn`` and ``train_sop`` call :func:`train_backbone` and
 :func:`train_sop`, which build the model from the config, train it with
-:func:`cosmo_sop.training.fit` and evaluate it on the test split. A trained model is a run
+:func:`cosmo_sop.training.loop.fit` and evaluate it on the test split. A trained model is a run
 folder (:func:`cosmo_sop.layout.model_dir`)::
 
     model.safetensors   weights (SOP's include its frozen backbone)
@@ -34,8 +34,8 @@ from cosmo_sop.models.trained import check_provenance, load_backbone
 from cosmo_sop.storage import atomic_path, write_json
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.data import PatchData
-from cosmo_sop.training.evaluate import Predict, evaluate
-from cosmo_sop.training.fit import derived_seed, fit
+from cosmo_sop.training.evaluation import Predict, evaluate
+from cosmo_sop.training.loop import derived_seed, fit
 
 #: Purpose of the derived seed of model initialisation.
 _INIT = 101
@@ -54,7 +54,7 @@ def predict_sop(model: SumOfParts, batch: dict[str, torch.Tensor]) -> torch.Tens
 
 
 def fit_options(config: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Options of :func:`cosmo_sop.training.fit` from a validated config: its ``training``
+    """Options of :func:`cosmo_sop.training.loop.fit` from a validated config: its ``training``
     section, ``overrides`` (e.g. ``sop.training``) and the master ``seed``."""
     return {**config["training"], **(overrides or {}), "seed": config["seed"]}
 

@@ -51,7 +51,7 @@ from cosmo_sop.training.checkpoint import (
     write_checkpoint,
     write_metrics,
 )
-from cosmo_sop.training.evaluate import Batch, Predict, mse_per_output, output_names, to_device
+from cosmo_sop.training.evaluation import Batch, Predict, mse_per_output, output_names, to_device
 from cosmo_sop.training.optimisation import Optimisation, Progress, cpu_state
 from cosmo_sop.training.options import (
     Placement,
