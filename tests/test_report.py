@@ -5,7 +5,6 @@ tables, a patch store)."""
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import json
 import re
@@ -34,6 +33,7 @@ from cosmo_sop.report import (
 )
 from cosmo_sop.storage import write_zarr
 from cosmo_sop.structures import classify, group_statistics, verdicts, weight_table
+from cosmo_sop.structures.run import write_weights_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ["Om", "s8"]
@@ -137,40 +137,7 @@ def _write_science(level: Path, rng) -> dict[str, str]:
     }
     (science / "verdicts.json").write_text(json.dumps(content))
     sentences = {r["definition"]: verdict_sentence(r, content) for r in content["verdicts"]}
-    with open(science / "weights.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(
-            [
-                "definition",
-                "kind",
-                "rule",
-                "output",
-                "mean_weight",
-                "ci_low",
-                "ci_high",
-                "n_groups",
-                "mean_weight_all",
-                "ratio_Om_s8",
-                "ratio_low",
-                "ratio_high",
-            ]
-        )
-        for d in table["definition"].values:
-            row = table.sel(definition=d)
-            for o in NAMES:
-                cell = row.sel(output=o)
-                writer.writerow(
-                    [
-                        d,
-                        str(row["kind"].values),
-                        str(row["rule"].values),
-                        o,
-                        *(f"{float(cell[k]):.6g}" for k in ("mean_weight", "ci_low", "ci_high")),
-                        int(cell["n_groups"]),
-                        "0.25",
-                        *(f"{float(row[k]):.6g}" for k in ("ratio", "ratio_low", "ratio_high")),
-                    ]
-                )
+    write_weights_csv(table, science / "weights.csv")
     (science / "purity_sop.json").write_text(
         json.dumps(
             {

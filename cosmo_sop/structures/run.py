@@ -121,7 +121,7 @@ def run(
 
     content = _verdicts_content(table, records, definitions, settings, explained, explanations)
     files = {
-        "weights": _write_weights_csv(table, out_dir / WEIGHTS_CSV),
+        "weights": write_weights_csv(table, out_dir / WEIGHTS_CSV),
         "verdicts": write_json(out_dir / VERDICTS, content),
         "purity_sop": write_json(out_dir / PURITY_SOP, _purity_content(purity, settings)),
         "weight_histograms": _plot_histograms(scores, membership, valid, explained, out_dir),
@@ -251,7 +251,7 @@ def _purity_content(purity: dict[str, Any], settings: Mapping[str, Any]) -> dict
     }
 
 
-def _write_weights_csv(table: xr.Dataset, path: Path) -> Path:
+def write_weights_csv(table: xr.Dataset, path: Path) -> Path:
     """One row per definition and output: the class's mean weight, interval, count, and ratio."""
     rows = []
     for definition in table["definition"].values:
