@@ -7,6 +7,8 @@
 # Every rule calls the cosmo-sop library through its CLI (`python -m cosmo_sop`); the logic lives
 # in cosmo_sop/, never here.
 
+import re
+
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -19,7 +21,8 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
-    level="|".join(NOISE_LEVELS),
+    # Level names may hold "." (a regex wildcard): match them literally.
+    level="|".join(re.escape(level) for level in NOISE_LEVELS),
 
 
 include: "workflow/rules/simulate.smk"

@@ -1,8 +1,12 @@
 """Loading and validating the workflow configuration.
 
 The schema (``cosmo_sop/schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the
-single source of truth for keys and defaults: the Snakefile and the CLI validate against the same
-file with :func:`snakemake.utils.validate`, which also fills in the defaults.
+single source of truth for keys and defaults. :func:`validate_config` is the one validation, for
+the Snakefile (before any job), the CLI and the library alike: the schema, through
+:func:`snakemake.utils.validate`, which also fills in the defaults, then the checks across keys
+that a schema cannot state (names that become folders, network sizes against the patch size).
+Standard library and PyYAML only at import (plus Snakemake's validator when called): the data
+stage runs without PyTorch, so the network arithmetic comes from :mod:`cosmo_sop.conv_sizes`.
 """
 
 from __future__ import annotations
@@ -17,19 +21,35 @@ from typing import Any
 
 import yaml
 
+from cosmo_sop import layout
+from cosmo_sop.conv_sizes import smallest_input_size
 from cosmo_sop.errors import InputError
 
 SCHEMA_PATH = Path(str(files("cosmo_sop") / "schemas" / "config.schema.yaml"))
 
 
 def validate_config(
-    config: dict[str, Any], where: str | os.PathLike = "config", *, across_sections: bool = True
+    config: dict[str, Any] | None, where: str | os.PathLike = "config", *, whole: bool = False
 ) -> dict[str, Any]:
     """Return a validated copy of ``config`` with every default filled in.
 
-    ``across_sections=False`` skips the checks that compare one section with another (the
-    ingest bins against the mock's redshift bins): for one section on its own, whose
-    neighbours are only defaults.
+    The one validation of a config: the CLI (``--config``, ``--config-json``), the workflow
+    (``workflow/rules/common.smk``, before any job) and the library all call it. After the
+    schema come the checks JSON Schema cannot state (:func:`_check_consistency`): names that
+    become paths, the split, the network sizes against the patch size, ...
+
+    Parameters
+    ----------
+    config
+        Config keys; absent ones take the schema's defaults.
+    where
+        Named in errors (a file, ``--config-json``).
+    whole
+        ``config`` is a whole config (a config file, the workflow's config): a section it
+        leaves out is the default one and is checked against the others. Otherwise
+        (``False``), sections are checked against each other only where ``config`` names them
+        all: the workflow hands each step only its own sections (``ingest`` without
+        ``backbone``), whose neighbours there are defaults, not the run's values.
 
     Raises
     ------
@@ -39,12 +59,13 @@ def validate_config(
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
+    given = None if whole else frozenset(config or ())
     config = copy.deepcopy(config) if config else {}
     try:
         validate(config, str(SCHEMA_PATH), set_default=True)
     except WorkflowError as exc:
         raise InputError(where, _schema_message(exc)) from None
-    _check_consistency(config, where, across_sections)
+    _check_consistency(config, where, given)
     return config
 
 
@@ -59,11 +80,13 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
     if config is not None and not isinstance(config, dict):
         raise InputError(path, "config must be a mapping of keys to values")
-    return validate_config(config or {}, path)
+    return validate_config(config, path, whole=True)
 
 
 @functools.cache
 def _schema_defaults() -> dict[str, Any]:
+    # Not a whole config: reading a default runs no check across sections (the defaults' own
+    # are tested) and none on the file system ('results' is relative to the working folder).
     return validate_config({}, "default config")
 
 
@@ -98,7 +121,7 @@ def with_defaults(
     for key in reversed(section.split(".")):
         nested = {key: nested}
     where = f"config section '{section}'" if where is None else where
-    value: Any = validate_config(nested, where, across_sections=False)
+    value: Any = validate_config(nested, where)
     for key in section.split("."):
         value = value[key]
     return value
@@ -115,32 +138,174 @@ def _schema_message(exc: Exception) -> str:
         text = " ".join(str(exc).split())
         return f"fails the config schema: {text[:300]}"
     key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
-    return f"config key '{key}' fails the schema: {cause.message}"
+    # A regular expression says little to most readers: the key's description says it in words.
+    said = cause.schema.get("description") if cause.validator == "pattern" else None
+    return f"config key '{key}' fails the schema: {cause.message}" + (f" ({said})" if said else "")
 
 
 def _check_consistency(
-    config: dict[str, Any], where: str | os.PathLike, across_sections: bool = True
+    config: dict[str, Any], where: str | os.PathLike, given: frozenset[str] | None
 ) -> None:
-    """Checks that span several keys, which JSON Schema cannot express."""
+    """Checks that span several keys, which JSON Schema cannot express.
+
+    ``given``: the top-level keys the caller named (None: a whole config); a check that
+    compares sections runs only when all of them were named.
+    """
+
+    def named(*sections: str) -> bool:
+        return given is None or all(section in given for section in sections)
+
+    for sections, check in _CHECKS:
+        problem = check(config) if named(*sections) else None
+        if problem:
+            raise InputError(where, problem)
+
+
+def _check_split(config: dict[str, Any]) -> str | None:
     split = config["ingest"]["split"]
     total = split["train"] + split["val"] + split["test"]
     if abs(total - 1.0) > 1e-6:
-        raise InputError(where, f"config key 'ingest.split' fractions sum to {total:g}, not 1")
+        return f"config key 'ingest.split' fractions sum to {total:g}, not 1"
+    return None
+
+
+def _check_level_names(config: dict[str, Any]) -> str | None:
+    # Each level is a folder of the results tree: names must differ on case-insensitive
+    # file systems too, and not take the name of a shared entry (results/patches.zarr, ...).
     names = [level["name"] for level in config["noise"]]
-    if len(set(names)) != len(names):
-        raise InputError(where, f"config key 'noise' repeats a level name: {names}")
-    if config["source"] == "cosmogrid" and not config["cosmogrid"]["root"]:
-        raise InputError(
-            where, "config key 'cosmogrid.root' must be set when source is 'cosmogrid'"
-        )
-    if config["source"] == "mock":
-        n_bins = config["mock"]["redshift"]["n_bins"]
-        bad = [b for b in config["ingest"]["bins"] if b > n_bins]
-        if bad and across_sections:
-            raise InputError(
-                where, f"config key 'ingest.bins' asks for bin(s) {bad} but the mock has {n_bins}"
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other == name and names.count(name) > 1:
+            return f"config key 'noise' repeats a level name, {name!r}: {names}"
+        if other != name:
+            return (
+                f"config key 'noise' names levels {other!r} and {name!r}, one folder on a "
+                "case-insensitive file system"
             )
-        nside = config["mock"]["nside"]
-        lmax = config["mock"]["lmax"]
-        if lmax is not None and lmax > 3 * nside - 1:
-            raise InputError(where, f"config key 'mock.lmax' = {lmax} exceeds 3 * nside - 1")
+    shared = {entry.casefold() for entry in layout.shared_entries()}
+    taken = [name for name in names if name.casefold() in shared]
+    if taken:
+        return (
+            f"config key 'noise' names a level {taken[0]!r}, which the results folder "
+            f"uses for its own {sorted(layout.shared_entries())}"
+        )
+    return None
+
+
+def _check_source(config: dict[str, Any]) -> str | None:
+    if config["source"] == "cosmogrid" and not config["cosmogrid"]["root"]:
+        return "config key 'cosmogrid.root' must be set when source is 'cosmogrid'"
+    return None
+
+
+def _check_mock(config: dict[str, Any]) -> str | None:
+    nside = config["mock"]["nside"]
+    lmax = config["mock"]["lmax"]
+    if lmax is not None and lmax > 3 * nside - 1:
+        return f"config key 'mock.lmax' = {lmax} exceeds 3 * nside - 1"
+    if config["source"] == "mock":
+        return _not_a_file("mock.root", config["mock"]["root"])
+    return None
+
+
+def _check_mock_bins(config: dict[str, Any]) -> str | None:
+    if config["source"] != "mock":
+        return None
+    n_bins = config["mock"]["redshift"]["n_bins"]
+    bad = [b for b in config["ingest"]["bins"] if b > n_bins]
+    if bad:
+        return f"config key 'ingest.bins' asks for bin(s) {bad} but the mock has {n_bins}"
+    return None
+
+
+def _check_galaxy_densities(config: dict[str, Any]) -> str | None:
+    # A list gives one density per channel of the patches (noise.py); found at the noise step
+    # otherwise, after the whole data stage.
+    n_bins = len(config["ingest"]["bins"])
+    for level in config["noise"]:
+        density = level["n_gal_arcmin2"]
+        if level["shape_noise"] and isinstance(density, list) and len(density) != n_bins:
+            return (
+                f"config key 'noise[{level['name']}].n_gal_arcmin2' lists {len(density)} "
+                f"galaxy densities but 'ingest.bins' makes {n_bins} bins (one per bin, or a "
+                "single total)"
+            )
+    return None
+
+
+def _check_backbone_fits_patch(config: dict[str, Any]) -> str | None:
+    # The networks check this themselves, but only when training starts, after the data stage.
+    widths = config["backbone"]["widths"]
+    kernel = config["backbone"]["kernel_size"]
+    patch = config["ingest"]["patch_size"]
+    smallest = smallest_input_size(len(widths), kernel)
+    if patch >= smallest:
+        return None
+    kernels = [k for k in range(1, kernel) if smallest_input_size(len(widths), k) <= patch]
+    other = f", or a 'backbone.kernel_size' of at most {kernels[-1]}" if kernels else ""
+    return (
+        f"config key 'ingest.patch_size' = {patch} is too small for the backbone (widths "
+        f"{widths}, kernel {kernel}): the smallest valid patch is {smallest}{other}"
+    )
+
+
+def _check_sop_encoder(config: dict[str, Any]) -> str | None:
+    blocks = config["sop"]["encoder_blocks"]
+    n_blocks = len(config["backbone"]["widths"])
+    if blocks > n_blocks:
+        return (
+            f"config key 'sop.encoder_blocks' = {blocks} exceeds the backbone's {n_blocks} "
+            f"conv blocks ('backbone.widths' {config['backbone']['widths']})"
+        )
+    return None
+
+
+def _check_sop_heads(config: dict[str, Any]) -> str | None:
+    heads, d_model = config["sop"]["n_heads"], config["sop"]["d_model"]
+    if d_model % heads:
+        divisors = [n for n in range(1, d_model + 1) if d_model % n == 0]
+        return (
+            f"config key 'sop.n_heads' = {heads} does not divide 'sop.d_model' = {d_model}: "
+            f"valid n_heads are {divisors[:12]}"
+        )
+    return None
+
+
+def _check_sop_patch_tokens(config: dict[str, Any]) -> str | None:
+    # SumOfParts lays a patch_tokens x patch_tokens grid over the pixels (segment tokens do
+    # not use it); finer than one pixel per cell is refused when SOP is built.
+    tokens, patch = config["sop"]["patch_tokens"], config["ingest"]["patch_size"]
+    if config["sop"]["tokens"] == "patches" and tokens > patch:
+        return (
+            f"config key 'sop.patch_tokens' = {tokens} exceeds 'ingest.patch_size' = {patch}: "
+            f"at most {patch} tokens per side"
+        )
+    return None
+
+
+def _check_results(config: dict[str, Any]) -> str | None:
+    return _not_a_file("results", config["results"])
+
+
+def _not_a_file(key: str, path: str) -> str | None:
+    # Else the first job to write there fails with "Not a directory", after the jobs before it.
+    if Path(path).exists() and not Path(path).is_dir():
+        return f"config key '{key}' = {path!r} is a file, not a folder"
+    return None
+
+
+#: (sections read, check): each check returns the problem in words, or None.
+_CHECKS = (
+    (("ingest",), _check_split),
+    (("noise",), _check_level_names),
+    (("source",), _check_source),
+    (("mock",), _check_mock),
+    (("mock", "ingest"), _check_mock_bins),
+    (("noise", "ingest"), _check_galaxy_densities),
+    (("backbone", "ingest"), _check_backbone_fits_patch),
+    (("sop", "backbone"), _check_sop_encoder),
+    (("sop",), _check_sop_heads),
+    (("sop", "ingest"), _check_sop_patch_tokens),
+    (("results",), _check_results),
+)

@@ -57,6 +57,7 @@ __all__ = [
     "report",
     "science_dir",
     "segments",
+    "shared_entries",
     "summary_statistics",
     "summary_statistics_predictions",
     "training_figure",
@@ -151,3 +152,10 @@ def report(results: Folder) -> Path:
 
 def log(results: Folder, name: str) -> Path:
     return Path(results) / "logs" / f"{name}.log"
+
+
+def shared_entries() -> tuple[str, ...]:
+    """Names that ``results/`` itself holds beside the level folders, which no noise level may
+    take (a level ``figures`` would write into the shared figures)."""
+    root = Path()
+    return (patches(root).name, figures(root).name, report(root).name, log(root, "_").parent.name)

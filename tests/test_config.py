@@ -44,7 +44,166 @@ def test_schema_link_points_at_the_package_schema():
 )
 def test_bad_config_is_refused_naming_the_key(config, message):
     with pytest.raises(InputError, match=message):
-        validate_config(config, "test.yaml")
+        validate_config(config, "test.yaml", whole=True)
+
+
+SIZE_CASES = [
+    # (config, the one line a user sees, after "test.yaml: ")
+    (
+        {"ingest": {"patch_size": 8}},
+        "config key 'ingest.patch_size' = 8 is too small for the backbone (widths [16, 32, 48], "
+        "kernel 4): the smallest valid patch is 29, or a 'backbone.kernel_size' of at most 1",
+    ),
+    (
+        {"ingest": {"patch_size": 12}, "backbone": {"widths": [4, 8], "kernel_size": 13}},
+        "config key 'ingest.patch_size' = 12 is too small for the backbone (widths [4, 8], "
+        "kernel 13): the smallest valid patch is 40, or a 'backbone.kernel_size' of at most 3",
+    ),
+    (
+        {"ingest": {"patch_size": 15}, "backbone": {"widths": [4, 4, 4, 4]}},
+        "config key 'ingest.patch_size' = 15 is too small for the backbone (widths "
+        "[4, 4, 4, 4], kernel 4): the smallest valid patch is 61",
+    ),
+    (
+        {"ingest": {"patch_size": 12}, "backbone": {"widths": [4, 4], "kernel_size": 3}},
+        "config key 'sop.patch_tokens' = 14 exceeds 'ingest.patch_size' = 12: at most 12 "
+        "tokens per side",
+    ),
+    (
+        {"sop": {"n_heads": 3}},
+        "config key 'sop.n_heads' = 3 does not divide 'sop.d_model' = 64: valid n_heads are "
+        "[1, 2, 4, 8, 16, 32, 64]",
+    ),
+    (
+        {"sop": {"encoder_blocks": 4}},
+        "config key 'sop.encoder_blocks' = 4 exceeds the backbone's 3 conv blocks "
+        "('backbone.widths' [16, 32, 48])",
+    ),
+]
+
+
+@pytest.mark.parametrize(("config", "message"), SIZE_CASES)
+def test_network_sizes_are_checked_with_the_valid_value(config, message):
+    with pytest.raises(InputError) as info:
+        validate_config(config, "test.yaml", whole=True)
+    assert str(info.value) == f"test.yaml: {message}"
+
+
+@pytest.mark.parametrize(("widths", "kernel"), [([16, 32, 48], 4), ([4, 8], 3), ([2, 2, 2, 2], 6)])
+def test_the_smallest_valid_patch_is_the_networks_own(widths, kernel):
+    """The patch the message offers builds the network, one pixel less does not: config.py's
+    arithmetic is the network's. Segment tokens: SOP's token grid plays no part."""
+    torch = pytest.importorskip("torch")
+    from cosmo_sop.models import ConvRegressor
+
+    config = {
+        "backbone": {"widths": widths, "kernel_size": kernel},
+        "sop": {"tokens": "segments", "encoder_blocks": 1},
+    }
+    with pytest.raises(InputError, match="smallest valid patch is") as info:
+        validate_config({**config, "ingest": {"patch_size": 8}}, whole=True)
+    smallest = int(re.search(r"smallest valid patch is (\d+)", str(info.value)).group(1))
+    validate_config({**config, "ingest": {"patch_size": smallest}}, whole=True)
+    net = ConvRegressor(1, input_size=smallest, widths=widths, kernel_size=kernel, hidden=[4])
+    assert net(torch.zeros(2, 1, smallest, smallest)).shape == (2, 2)
+    with pytest.raises(ValueError, match="too small"):
+        ConvRegressor(1, input_size=smallest - 1, widths=widths, kernel_size=kernel)
+
+
+def test_segment_tokens_ignore_the_token_grid():
+    config = {"ingest": {"patch_size": 12}, "backbone": {"widths": [4, 4], "kernel_size": 3}}
+    with pytest.raises(InputError, match="sop.patch_tokens"):
+        validate_config(config, whole=True)
+    validate_config({**config, "sop": {"tokens": "segments"}}, whole=True)
+
+
+def test_a_steps_own_sections_are_not_checked_against_default_neighbours(tmp_path):
+    """The workflow hands a step only its sections (ingest without backbone): their checks
+    against other sections ran when the workflow started. A file is a whole config."""
+    ingest = {"ingest": {"patch_size": 12}}
+    assert validate_config(ingest, "--config-json")["ingest"]["patch_size"] == 12
+    with pytest.raises(InputError, match="ingest.patch_size"):
+        validate_config(ingest, "--config-json", whole=True)
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(ingest))
+    with pytest.raises(InputError, match=f"{path}: config key 'ingest.patch_size' = 12"):
+        load_config(path)
+    # checks within a section always run, and so do those of sections named together
+    with pytest.raises(InputError, match="sop.n_heads"):
+        validate_config({"sop": {"n_heads": 3}})
+    with pytest.raises(InputError, match="ingest.patch_size"):
+        validate_config({**ingest, "backbone": {"kernel_size": 4}})
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        # names that become folders: one safe path segment, and no shared entry of results/
+        ({"noise": [{"name": ".."}]}, "config key 'noise.0.name' fails the schema: '..' does"),
+        ({"noise": [{"name": "."}]}, "'.' does not match"),
+        ({"noise": [{"name": "-h"}]}, "'-h' does not match"),
+        ({"noise": [{"name": "a/b"}]}, "starting with a letter or digit"),
+        ({"noise": [{"name": "figures"}]}, "names a level 'figures', which the results folder"),
+        ({"noise": [{"name": "patches.zarr"}]}, "names a level 'patches.zarr'"),
+        ({"noise": [{"name": "Deep"}, {"name": "deep"}]}, "one folder on a case-insensitive"),
+        ({"structures": {"definitions": [{"name": "..", "kind": "void"}]}}, "definitions.0.name"),
+        # lists whose repeats would be silently doubled
+        ({"ingest": {"bins": [1, 1]}}, "config key 'ingest.bins' fails the schema: \\[1, 1\\] has"),
+        ({"evaluation": {"methods": ["sop", "sop"]}}, "evaluation.methods"),
+        ({"summary_statistics": {"regressors": ["mlp", "mlp"]}}, "summary_statistics.regressors"),
+        ({"noise": []}, "config key 'noise' fails the schema"),
+        # a list of densities is one per bin; found at the noise step otherwise
+        (
+            {"noise": [{"name": "a", "n_gal_arcmin2": [5.0, 5.0]}]},
+            "config key 'noise\\[a\\].n_gal_arcmin2' lists 2 galaxy densities but "
+            "'ingest.bins' makes 4 bins",
+        ),
+    ],
+)
+def test_more_bad_configs_are_refused_naming_the_key(config, message):
+    with pytest.raises(InputError, match=message):
+        validate_config(config, "test.yaml", whole=True)
+
+
+def test_a_results_path_that_is_a_file_is_refused(tmp_path):
+    results = tmp_path / "results"
+    results.write_text("not a folder")
+    with pytest.raises(InputError, match=f"config key 'results' = '{results}' is a file"):
+        validate_config({"results": str(results)}, whole=True)
+    with pytest.raises(InputError, match="config key 'mock.root'"):
+        validate_config({"mock": {"root": str(results)}}, whole=True)
+    validate_config({"results": str(tmp_path)}, whole=True)
+
+
+def test_config_validates_without_pytorch(tmp_path):
+    """The data-stage rules run without PyTorch: the size checks must not need it."""
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump({"ingest": {"patch_size": 8}}))
+    code = (
+        "import sys\n"
+        "class NoTorch:\n"  # any import of torch now fails, as where it is not installed
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch': raise ImportError(name)\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from cosmo_sop.config import load_config\n"
+        "from cosmo_sop.errors import InputError\n"
+        f"try: load_config({str(path)!r})\n"
+        "except InputError as e: print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "the smallest valid patch is 29" in result.stdout
+
+
+def test_smallest_input_size_inverts_block_output_sizes():
+    from cosmo_sop.conv_sizes import block_output_sizes, smallest_input_size
+
+    for n_blocks in range(1, 5):
+        for kernel in range(1, 8):
+            smallest = smallest_input_size(n_blocks, kernel)
+            assert block_output_sizes(smallest, n_blocks, kernel)[-1] == 1
+            with pytest.raises(ValueError):
+                block_output_sizes(smallest - 1, n_blocks, kernel)
 
 
 def test_cli_reports_a_bad_config_file_in_one_line(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fixtures.cosmogrid import (
     FIDUCIAL_ID,
+    damage_dataset,
     parameter_table,
     release_maps,
     write_map_file,
@@ -168,6 +169,21 @@ def test_repeated_cosmology_id(release):
         cosmogrid.list_maps(release.root, "grid", ["cosmo_000002", "cosmo_000002"], 1)
 
 
+def test_metainfo_with_a_repeated_cosmology_id_is_refused(tmp_path):
+    # Two rows for cosmo_000002 (with different Om) would ingest its maps twice under two
+    # labels while the split counted it once.
+    ids = ["cosmo_000001", "cosmo_000002", "cosmo_000003", "cosmo_000002"]
+    table = parameter_table("grid", ids, [0.2, 0.3, 0.4, 0.35], 0.8)
+    path = write_metainfo(tmp_path, {"grid": table}, {"grid": 1})
+    for read in (cosmogrid.read_parameters, cosmogrid.list_maps):
+        with pytest.raises(InputError) as info:
+            read(tmp_path, "grid")
+        assert str(info.value) == (
+            f"{path}: table 'parameters/grid' lists cosmology id(s) cosmo_000002 more than "
+            "once (one row per cosmology expected)"
+        )
+
+
 def test_too_many_cosmologies(release):
     with pytest.raises(InputError, match="first 5 cosmologies but the table has 4"):
         cosmogrid.list_maps(release.root, "grid", 5, 1)
@@ -274,3 +290,22 @@ def test_errors_are_one_line(release, tmp_path):
     with pytest.raises(InputError) as info:
         cosmogrid.list_maps(release.root, "grid", ["nope"], 1)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("part", "compression"), [("header", None), ("chunk", "gzip")])
+def test_damaged_map_content_names_file_and_dataset(tmp_path, part, compression):
+    # The signature is intact, so the file opens; the damage shows only when the dataset is
+    # opened (object header) or its values are read (compressed chunk).
+    kappa = np.ones((2, hp.nside2npix(16)), dtype=np.float32)
+    path = write_map_file(tmp_path / "maps.h5", kappa, kappa, compression=compression)
+    damage_dataset(path, "kg/stage3_lensing2", part)
+    assert path.read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    readers = [cosmogrid.read_kappa] + ([cosmogrid.map_nside] if part == "header" else [])
+    for read in readers:
+        with pytest.raises(InputError) as info:
+            read(path, [1, 2], 1.0)
+        message = str(info.value)
+        assert message.startswith(
+            f"{path}: cannot read dataset 'kg/stage3_lensing2', the file is damaged ("
+        )
+        assert "\n" not in message

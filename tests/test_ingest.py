@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 
 import astropy.units as u
 import h5py
@@ -10,9 +15,18 @@ import healpy as hp
 import numpy as np
 import pytest
 import xarray as xr
-from fixtures.cosmogrid import release_maps, write_release
+from fixtures.cosmogrid import (
+    damage_dataset,
+    parameter_table,
+    release_maps,
+    write_metainfo,
+    write_release,
+)
+from fixtures.kill import KillPoint, assert_killed, killed_run, temporaries
+from markupsafe import escape
 
-from cosmo_sop import __version__
+from cosmo_sop import __version__, layout, storage
+from cosmo_sop.cli import main
 from cosmo_sop.config import validate_config
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.patches import example_rows, plot_patches
@@ -28,6 +42,7 @@ from cosmo_sop.ingest import (
     split_counts,
 )
 from cosmo_sop.ingest.run import run as run_ingest
+from cosmo_sop.report import write_report
 from cosmo_sop.sources import cosmogrid
 
 NSIDE = 32
@@ -312,7 +327,13 @@ def _other_nside_in_later_file(maps):
 
 def _missing_file(maps):
     maps[2].path.unlink()
-    return maps[2].path, "map file not found"
+    return maps[2].path, "file not found"  # listing says "map file not found", reading not
+
+
+def _damaged_content(maps):
+    # Bytes inside the file overwritten, its signature intact: the dataset's header is garbage.
+    damage_dataset(maps[3].path, "kg/stage3_lensing2")
+    return maps[3].path, "cannot read dataset 'kg/stage3_lensing2', the file is damaged ("
 
 
 def _no_ia_group(maps):
@@ -330,6 +351,7 @@ def _no_ia_group(maps):
         _missing_bin_in_later_file,
         _other_nside_in_later_file,
         _missing_file,
+        _damaged_content,
         _no_ia_group,
     ],
 )
@@ -376,3 +398,183 @@ def test_patch_figure(store, tmp_path):
     png = plot_patches(store, tmp_path / "fig" / "patches.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.with_suffix(".pdf").stat().st_size > 0
+
+
+def _bad_release(tmp_path, on_bad_map="error", n_cosmologies=3, n_perms=2):
+    """A fresh release (nside 16) and the validated config that ingests all of it."""
+    release = write_release(
+        tmp_path / "release", n_cosmologies=n_cosmologies, n_perms=n_perms, nside=16
+    )
+    config = validate_config(
+        {
+            "source": "cosmogrid",
+            "cosmogrid": {"root": str(release.root), "perms": n_perms, "ia_amplitude": 1.0},
+            "ingest": {**INGEST, "resolution_arcmin": 220.0, "on_bad_map": on_bad_map},
+            # Networks that fit 9-pixel patches (the CLI checks them before any work).
+            "backbone": {"widths": [4, 8], "kernel_size": 2, "hidden": [8]},
+            "sop": {"patch_tokens": 3, "n_heads": 2, "d_model": 8},
+        }
+    )
+    return release, config
+
+
+def test_metainfo_with_a_repeated_cosmology_leaves_no_store(tmp_path):
+    # cosmo_000003's row says cosmo_000002 (another Om): its maps would be ingested twice
+    # under two labels and cosmo_000003 would vanish.
+    release, config = _bad_release(tmp_path)
+    ids = ["cosmo_000001", "cosmo_000002", "cosmo_000002"]
+    table = parameter_table("grid", ids, [0.2, 0.3, 0.4], 0.8)
+    metainfo = write_metainfo(release.root, {"grid": table}, {"grid": 2})
+    output = tmp_path / "out" / "patches.zarr"
+    with pytest.raises(InputError) as info:
+        run_ingest(config, root=release.root, output=output)
+    assert str(info.value) == (
+        f"{metainfo}: table 'parameters/grid' lists cosmology id(s) cosmo_000002 more than "
+        "once (one row per cosmology expected)"
+    )
+    assert not output.parent.exists()
+
+
+def test_damaged_map_through_the_cli_is_one_line_and_no_store(tmp_path, capsys):
+    release, config = _bad_release(tmp_path)
+    path, problem = _damaged_content(cosmogrid.list_maps(release.root, "grid", "all", 2))
+    output = tmp_path / "out" / "patches.zarr"
+    argv = ["ingest", "--root", str(release.root), "--output", str(output)]
+    assert main([*argv, "--config-json", json.dumps(config)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"cosmo-sop ingest: error: {path}: {problem}")
+    assert not output.exists() and temporaries(tmp_path / "out") == []
+
+
+# --- ingest.on_bad_map: skip ----------------------------------------------------------------------
+
+SKIPPABLE = [
+    _nan_in_last_file,
+    _truncated_file,
+    _missing_bin_in_later_file,
+    _other_nside_in_later_file,
+    _missing_file,
+    _damaged_content,
+]
+
+
+@pytest.mark.parametrize("damage", SKIPPABLE)
+def test_skip_leaves_out_the_bad_map_and_records_it(tmp_path, damage):
+    release, config = _bad_release(tmp_path, "skip")
+    maps = cosmogrid.list_maps(release.root, "grid", "all", 2, require_files=False)
+    path, problem = damage(maps)
+    output = tmp_path / "out" / "patches.zarr"
+    with pytest.warns(UserWarning, match=re.escape(f"{path}: ")):
+        run_ingest(config, root=release.root, output=output, workers=2)
+    ds = xr.open_zarr(output).load()
+    skipped = json.loads(ds.attrs.pop("skipped_maps"))
+    assert [record["path"] for record in skipped] == [str(path)]
+    assert problem in skipped[0]["problem"]
+    # The other maps are stored exactly as an ingest of them alone stores them (each
+    # cosmology keeps a permutation, so the split is the same too).
+    good = [m for m in maps if m.path != path]
+    settings = {**config["ingest"], "on_bad_map": "error"}
+    expected = ingest(
+        tmp_path / "expected.zarr",
+        good,
+        settings,
+        seed=config["seed"],
+        source=ds.attrs["source"],
+        config_attrs=json.loads(ds.attrs["config"]),
+        ia_amplitude=1.0,
+    )
+    with xr.open_zarr(expected) as reference:
+        xr.testing.assert_identical(ds, reference.load())
+        assert ds.kappa.encoding["chunks"] == reference.kappa.encoding["chunks"]
+    assert "on_bad_map" not in json.loads(ds.attrs["config"])["ingest"]
+    assert sorted(p.name for p in output.parent.iterdir()) == ["patches.zarr"]
+
+
+def test_skipping_a_whole_cosmology_moves_no_other_between_splits(tmp_path):
+    release, config = _bad_release(tmp_path, "skip", n_cosmologies=6, n_perms=1)
+    full = run_ingest(config, root=release.root, output=tmp_path / "full.zarr")
+    with xr.open_zarr(full) as ds:
+        before = dict(zip(ds.cosmology.values, ds.split.values, strict=True))
+    (gone,) = cosmogrid.list_maps(release.root, "grid", ["cosmo_000004"], 1)
+    gone.path.unlink()
+    with pytest.warns(UserWarning, match="map file not found|file not found"):
+        store = run_ingest(config, root=release.root, output=tmp_path / "skip.zarr")
+    with xr.open_zarr(store) as ds:
+        after = dict(zip(ds.cosmology.values, ds.split.values, strict=True))
+        assert json.loads(ds.attrs["skipped_maps"]) == [
+            {"path": str(gone.path), "problem": "file not found"}
+        ]
+    assert after == {c: s for c, s in before.items() if c != "cosmo_000004"}
+
+
+def test_skip_with_every_map_bad_leaves_no_store(tmp_path):
+    release, config = _bad_release(tmp_path, "skip")
+    damaged = _no_ia_group(cosmogrid.list_maps(release.root, "grid", "all", 2))[0]
+    output = tmp_path / "out" / "patches.zarr"
+    with pytest.warns(UserWarning), pytest.raises(InputError) as info:
+        run_ingest(config, root=release.root, output=output)
+    assert str(info.value).startswith(
+        "config key 'ingest.on_bad_map': is skip but none of the 6 map files can be read "
+        f"(the first: {damaged}: "
+    )
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []
+
+
+# --- temporaries of killed writers --------------------------------------------------------------
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(release, tmp_path):
+    finished = subprocess.Popen([sys.executable, "-c", ""])
+    finished.wait()  # reaped: its pid names no process now
+    dead, live = finished.pid, os.getppid()
+    output = tmp_path / "patches.zarr"
+
+    def temporary(suffix: str):
+        path = tmp_path / f".patches.zarr.tmp-{suffix}"
+        (path / "kappa").mkdir(parents=True)
+        (path / "kappa" / "0.0.0.0").write_bytes(b"half a chunk")
+        return path
+
+    stale = [temporary(f"{storage._HOST}-{dead}"), temporary(str(dead))]  # also without host
+    kept = [temporary(f"{storage._HOST}-{live}"), temporary(f"elsewhere-{dead}")]
+    maps = cosmogrid.list_maps(release.root, "grid", "all", 1)
+    ingest(output, maps, INGEST, seed=0, source="t", config_attrs={})
+    assert [p.exists() for p in stale] == [False, False]
+    assert [p.exists() for p in kept] == [True, True]  # a live writer's; another host's
+
+
+def test_sigkilled_ingest_then_rerun_leaves_no_temporaries(tmp_path):
+    release, config = _bad_release(tmp_path)
+    output = tmp_path / "out" / "patches.zarr"
+    argv = ["ingest", "--root", str(release.root), "--output", str(output)]
+    argv += ["--config-json", json.dumps(config)]
+    point = KillPoint("open", "*/.patches.zarr.tmp-*/kappa/*", nth=2)  # chunks half written
+    assert_killed(killed_run(argv, point, tmp_path / "killed"), point)
+    assert not output.exists() and temporaries(tmp_path / "out") != []
+    assert main(argv) == 0
+    assert temporaries(tmp_path / "out") == []
+    reference = tmp_path / "reference.zarr"
+    assert main([*argv[:3], "--output", str(reference), *argv[5:]]) == 0
+    with xr.open_zarr(output) as rerun, xr.open_zarr(reference) as expected:
+        xr.testing.assert_identical(rerun.load(), expected.load())
+
+
+def test_report_lists_the_skipped_maps(tmp_path):
+    release, config = _bad_release(tmp_path, "skip")
+    maps = cosmogrid.list_maps(release.root, "grid", "all", 2)
+    path, problem = _nan_in_last_file(maps)
+    results = tmp_path / "results"
+    with pytest.warns(UserWarning):
+        run_ingest(config, root=release.root, output=layout.patches(results))
+    page = write_report(results, ["noiseless"], tmp_path / "report.html").read_text()
+    section = page[page.index("<h3>Skipped maps</h3>") :]
+    assert "1 map file(s) could not be read and were left out" in section
+    assert f"<td>{escape(str(path))}</td><td>{escape(problem)}</td>" in section
+
+
+def test_report_without_skipping_has_no_skipped_maps_section(store, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(store, layout.patches(results))
+    page = write_report(results, ["noiseless"], tmp_path / "report.html").read_text()
+    assert "Skipped maps" not in page

@@ -358,3 +358,26 @@ def test_segments_reach_predict_aligned_with_lazily_read_maps(store, tmp_path):
     assert set(training_symmetries.tolist()) == set(range(8))
     provenance = load_sidecar(tmp_path / "run" / "model.safetensors")["data"]["train"]
     assert provenance["segments_store"] == str(segments_store.resolve())
+
+
+def test_a_warm_up_of_one_step_starts_at_the_peak():
+    # warmup_fraction 0.1 of 2 epochs x 5 batches is one step: torch's OneCycleLR divided by
+    # its zero length (ZeroDivisionError) before the first batch, e.g. for 80 maps in batches of 16.
+    from cosmo_sop.training.optimisation import Optimisation
+
+    weight = nn.Parameter(torch.ones(2, 2))
+    cfg = {
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "schedule": "onecycle",
+        "warmup_fraction": 0.1,
+        "epochs": 2,
+        "grad_clip_norm": None,
+    }
+    optimisation = Optimisation([weight], cfg, 5, torch.device("cpu"), None)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimisation.optimizer.param_groups[0]["lr"])
+        optimisation.step((weight**2).sum())
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 1e-5
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # cosine decay from the peak

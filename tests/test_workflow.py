@@ -90,6 +90,46 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def _duplicate_level(config: dict) -> None:
+    config["noise"][1]["name"] = "noiseless"
+
+
+def _cosmogrid_without_root(config: dict) -> None:
+    config["source"] = "cosmogrid"
+
+
+def _patch_too_small(config: dict) -> None:
+    config["ingest"]["patch_size"] = 9  # the tiny backbone (widths [4, 8], kernel 3) needs 10
+
+
+def _level_outside_results(config: dict) -> None:
+    config["noise"][1]["name"] = ".."
+
+
+@pytest.mark.parametrize(
+    ("break_config", "message"),
+    [
+        (_duplicate_level, "config key 'noise' repeats a level name, 'noiseless'"),
+        (_cosmogrid_without_root, "config key 'cosmogrid.root' must be set"),
+        (_patch_too_small, "config key 'ingest.patch_size' = 9 is too small for the backbone"),
+        (_level_outside_results, "config key 'noise.1.name' fails the schema: '..'"),
+    ],
+)
+def test_the_clis_config_checks_stop_the_workflow_before_any_job(tmp_path, break_config, message):
+    """Every check of the CLI's config validation runs when the workflow starts: one line
+    naming the config file and the key, exit status 2, and no job (no results folder)."""
+    config = tiny_config(tmp_path)
+    break_config(config)
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, configfile)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith(f"{configfile}: {message}")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "mock").exists()
+
+
 @pytest.mark.slow
 def test_demo_workflow_end_to_end(tmp_path):
     config = tiny_config(tmp_path)

@@ -16,7 +16,13 @@ from matplotlib.figure import Figure
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures import save_figure
-from cosmo_sop.sources.cosmogrid.layout import KAPPA_GROUP, cosmology_id, map_path, metainfo_path
+from cosmo_sop.sources.cosmogrid.layout import (
+    HDF5_ERRORS,
+    KAPPA_GROUP,
+    cosmology_id,
+    map_path,
+    metainfo_path,
+)
 from cosmo_sop.sources.cosmogrid.maps import read_kappa
 from cosmo_sop.sources.cosmogrid.metainfo import read_parameters
 from cosmo_sop.sources.mock.lognormal import lognormal_shifts
@@ -57,8 +63,8 @@ def _read_maps(path: Path) -> np.ndarray:
     try:
         with h5py.File(path, "r") as f:
             names = list(f.get(KAPPA_GROUP, {}))
-    except OSError:
-        names = []  # missing or unreadable: read_kappa names the problem
+    except HDF5_ERRORS:
+        names = []  # missing, unreadable or damaged: read_kappa names the problem
     n_bins = max(1, sum(name.startswith("stage3_lensing") for name in names))
     return read_kappa(path, list(range(1, n_bins + 1)))
 

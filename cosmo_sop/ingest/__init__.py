@@ -3,7 +3,8 @@
 Every map file of the release (or mock) is cut into gnomonic patches around the pixel centres
 of a coarse HEALPix grid (:mod:`.patches`); the patches of all files form one dask-backed
 dataset, split into train/val/test by cosmology (:mod:`.split`), written atomically
-(:mod:`.run`; the workflow's ``ingest`` rule calls :func:`cosmo_sop.ingest.run.run`).
+(:mod:`.run`; the workflow's ``ingest`` rule calls :func:`cosmo_sop.ingest.run.run`). With
+``ingest.on_bad_map: skip``, files that cannot be read are left out and listed (:mod:`.bad_maps`).
 """
 
 from cosmo_sop.ingest.patches import (

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ from dask.base import tokenize
 from tqdm.dask import TqdmCallback
 
 from cosmo_sop import __version__
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.ingest.bad_maps import SkippedMaps, unfiltered_path, write_without_skipped
 from cosmo_sop.ingest.patches import (
     check_patches_disjoint,
     extract_patches,
@@ -66,10 +69,36 @@ def _file_patches(
     ia_amplitude: float | None,
     nside: int,
     indices: np.ndarray,
+    skipped: SkippedMaps | None = None,
 ) -> np.ndarray:
-    """One dask task: the patches (n_patch, n_bin, size, size) of one map file."""
-    maps = cosmogrid.read_kappa(path, bins, ia_amplitude=ia_amplitude, nside=nside)
+    """One dask task: the patches (n_patch, n_bin, size, size) of one map file; zeros if the
+    file is bad and ``skipped`` (``on_bad_map: skip``) notes it."""
+    try:
+        maps = cosmogrid.read_kappa(path, bins, ia_amplitude=ia_amplitude, nside=nside)
+    except InputError as exc:
+        if skipped is None:
+            raise
+        skipped.add(path, exc)
+        return np.zeros((indices.shape[0], len(bins), *indices.shape[1:]), dtype=np.float32)
     return extract_patches(maps, indices)
+
+
+def _first_nside(
+    maps: Sequence[MapRecord],
+    bins: list[int],
+    ia_amplitude: float | None,
+    skipped: SkippedMaps | None,
+) -> int:
+    """nside of the first map file (checked without reading its maps); with ``skipped``, of
+    the first file that passes the check."""
+    for record in maps:
+        try:
+            return cosmogrid.map_nside(record.path, bins, ia_amplitude)
+        except InputError as exc:
+            if skipped is None:
+                raise
+            skipped.add(record.path, exc)
+    raise skipped.none_readable(len(maps))
 
 
 def patch_dataset(
@@ -77,6 +106,7 @@ def patch_dataset(
     settings: Mapping[str, Any],
     seed: int,
     ia_amplitude: float | None = None,
+    skipped: SkippedMaps | None = None,
 ) -> xr.Dataset:
     """The lazy (dask-backed) patch dataset of ``maps``, with coordinates but no attrs.
 
@@ -95,6 +125,9 @@ def patch_dataset(
         Master seed; fixes the train/val/test split.
     ia_amplitude
         A_IA for ``kappa + A_IA * ia``, or None for kappa alone.
+    skipped
+        For ``ingest.on_bad_map: skip``: bad files are noted here and give zeros (to be left
+        out by :func:`cosmo_sop.ingest.bad_maps.write_without_skipped`); None raises.
     """
     if not maps:
         raise InputError("config key 'cosmogrid.cosmologies'", "selects no map files")
@@ -105,12 +138,13 @@ def patch_dataset(
     resolution = float(settings["resolution_arcmin"])
     centres_nside = int(settings["centres_nside"])
     check_patches_disjoint(centres_nside, size, resolution)
-    nside = cosmogrid.map_nside(maps[0].path, bins, ia_amplitude)
+    nside = _first_nside(maps, bins, ia_amplitude, skipped)
     lon, lat = patch_centres(centres_nside)
 
     geometry = (size, resolution, centres_nside)
-    kappa = _lazy_patches(maps, bins, ia_amplitude, nside, lon, lat, geometry)
+    kappa = _lazy_patches(maps, bins, ia_amplitude, nside, (lon, lat), geometry, skipped)
     kappa = kappa.rechunk({0: aligned_chunk(int(settings["chunk_samples"]), lon.size)})
+    # Over every selected cosmology, skipped files included: skipping moves no cosmology.
     splits = split_cosmologies([m.cosmology for m in maps], settings["split"], seed)
     coords = _sample_coords(maps, splits, lon, lat)
     coords["bin"] = ("bin", np.asarray(bins, dtype=np.int64))
@@ -126,12 +160,13 @@ def _lazy_patches(
     bins: list[int],
     ia_amplitude: float | None,
     nside: int,
-    lon: np.ndarray,
-    lat: np.ndarray,
+    centres: tuple[np.ndarray, np.ndarray],
     geometry: tuple[int, float, int],
+    skipped: SkippedMaps | None,
 ) -> da.Array:
     """Patches (sample, bin, y, x) of every file, one dask task per file, map-major;
-    ``geometry`` is (patch_size, resolution_arcmin, centres_nside)."""
+    ``centres`` is (lon, lat), ``geometry`` (patch_size, resolution_arcmin, centres_nside)."""
+    lon, lat = centres
     size, resolution, centres_nside = geometry
     # Explicit task names: tokenising the (large) lookup once per task would cost more than
     # the gather itself.
@@ -145,7 +180,15 @@ def _lazy_patches(
     read = dask.delayed(_file_patches)
     blocks = [
         da.from_delayed(
-            read(path, bins, ia_amplitude, nside, indices, dask_key_name=f"patches-{token}-{i}"),
+            read(
+                path,
+                bins,
+                ia_amplitude,
+                nside,
+                indices,
+                skipped,
+                dask_key_name=f"patches-{token}-{i}",
+            ),
             shape=(lon.size, len(bins), size, size),
             dtype=np.float32,
         )
@@ -190,6 +233,10 @@ def ingest(
 ) -> Path:
     """Cut every map into patches and write the patch dataset to a Zarr store, atomically.
 
+    With ``settings["on_bad_map"] == "skip"`` a bad map file is left out with a warning and
+    listed in the store's ``skipped_maps`` attribute (:mod:`cosmo_sop.ingest.bad_maps`);
+    with ``"error"`` (the default) it stops the ingest with an InputError naming it.
+
     Parameters
     ----------
     output
@@ -207,7 +254,12 @@ def ingest(
     -------
     The path of the written store.
     """
-    dataset = patch_dataset(maps, settings, seed, ia_amplitude)
+    output = Path(output)
+    on_bad_map = settings.get("on_bad_map", defaults("ingest")["on_bad_map"])
+    skipped = SkippedMaps([m.path for m in maps]) if on_bad_map == "skip" else None
+    # A first pass that a kill left behind (write_without_skipped removes its own).
+    shutil.rmtree(unfiltered_path(output), ignore_errors=True)
+    dataset = patch_dataset(maps, settings, seed, ia_amplitude, skipped)
     resolution = float(settings["resolution_arcmin"])
     dataset.attrs.update(
         pixel_scale_arcmin=resolution,
@@ -224,7 +276,10 @@ def ingest(
         dask.config.set(scheduler="threads", num_workers=max(1, int(workers))),
         TqdmCallback(desc=f"ingest {len(maps)} maps", unit="task"),
     ):
-        return write_zarr(dataset, output)
+        if skipped is None:
+            return write_zarr(dataset, output)
+        chunk = dataset.kappa.data.chunksize[0]
+        return write_without_skipped(dataset, output, [m.path for m in maps], skipped, chunk)
 
 
 def run(
@@ -253,15 +308,20 @@ def run(
         keys = ("simulation_set", "cosmologies", "perms", "baryonified")
         selection = {key: section[key] for key in keys}
         ia_amplitude, source = section["ia_amplitude"], f"cosmogrid:{Path(root).resolve()}"
-    maps = cosmogrid.list_maps(root, **selection)
+    skip = config["ingest"]["on_bad_map"] == "skip"
+    maps = cosmogrid.list_maps(root, **selection, require_files=not skip)
     used = ("seed", "source", "mock" if config["source"] == "mock" else "cosmogrid", "ingest")
+    config_attrs = {key: config[key] for key in used}
+    # How bad files are handled does not make the patches (skipped_maps records what was
+    # left out), and leaving it out keeps the stores of earlier versions identical.
+    config_attrs["ingest"] = {k: v for k, v in config["ingest"].items() if k != "on_bad_map"}
     return ingest(
         output,
         maps,
         config["ingest"],
         seed=int(config["seed"]),
         source=source,
-        config_attrs={key: config[key] for key in used},
+        config_attrs=config_attrs,
         ia_amplitude=ia_amplitude,
         workers=workers,
     )

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmo_sop.config import defaults
+from cosmo_sop.conv_sizes import block_output_sizes
 from cosmo_sop.errors import InputError
 
 
@@ -54,30 +55,6 @@ class ConvBlock(nn.Sequential):
         if batchnorm:
             layers["norm"] = nn.BatchNorm2d(out_channels)
         super().__init__(layers)
-
-
-def block_output_sizes(input_size: int, n_blocks: int, kernel_size: int) -> list[int]:
-    """Side length of the feature map after each of ``n_blocks`` conv blocks.
-
-    A block is a valid (unpadded) convolution, side -> side - kernel_size + 1, then a 2 x 2
-    max-pool with floor division, side -> side // 2.
-
-    Raises
-    ------
-    ValueError
-        If the map shrinks to nothing before the last block.
-    """
-    sizes = []
-    side = input_size
-    for index in range(n_blocks):
-        side = (side - kernel_size + 1) // 2
-        if side < 1:
-            raise ValueError(
-                f"input_size={input_size} is too small for {n_blocks} conv blocks of kernel "
-                f"{kernel_size} and 2 x 2 pooling: the feature map vanishes after block {index + 1}"
-            )
-        sizes.append(side)
-    return sizes
 
 
 def _with_schema_defaults(**architecture: Any) -> dict[str, Any]:

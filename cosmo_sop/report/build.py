@@ -40,6 +40,7 @@ from cosmo_sop import __version__, layout
 from cosmo_sop.errors import InputError
 from cosmo_sop.figures.labels import HTML
 from cosmo_sop.figures.predictions import plot_mse_per_level
+from cosmo_sop.ingest.bad_maps import read_skipped_maps
 from cosmo_sop.report.inputs import (
     NAMES,
     config_from_attrs,
@@ -181,7 +182,21 @@ def _summary(
         "table": table([], rows),
         "config": _shown_config(results, levels, config),
         "noise": _noise_table(results, levels),
+        "skipped": _skipped_maps(results, levels),
     }
+
+
+def _skipped_maps(results: Path, levels: list[str]) -> dict[str, Any] | None:
+    """The map files ingest left out (``ingest.on_bad_map: skip``) and why, as the patch store
+    records them (the noise stores carry its attributes); None if it was not skipping."""
+    for path in [layout.patches(results)] + [layout.level_patches(results, lv) for lv in levels]:
+        attrs = store_attrs(path)
+        records = None if attrs is None else read_skipped_maps(attrs, path)
+        if records is not None:
+            rows = [[record["path"], record["problem"]] for record in records]
+            shown = table(["map file", "problem"], rows) if rows else None
+            return {"source": str(path), "count": len(rows), "table": shown}
+    return None
 
 
 def _shown_config(

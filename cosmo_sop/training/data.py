@@ -165,7 +165,16 @@ class PatchData:
         """
         kappa = self.ds["kappa"].isel(sample=self.indices(split)).astype(np.float64)
         with TqdmCallback(desc=f"kappa std per bin ({split})", leave=False):
-            return np.asarray(kappa.std(dim=("sample", "y", "x")).values)
+            std = np.asarray(kappa.std(dim=("sample", "y", "x")).values)
+        if not np.all(std > 0):  # all-zero or constant maps: the models would divide by zero
+            bins = self.ds["bin"].values if "bin" in self.ds.coords else np.arange(std.size) + 1
+            flat = [int(b) for b, s in zip(bins, std, strict=True) if not s > 0]
+            raise InputError(
+                self.kappa_store,
+                f"kappa of the {split} split is the same in every pixel of bin(s) {flat} "
+                "(zero or constant maps): nothing to learn from",
+            )
+        return std
 
     def provenance(self) -> dict[str, Any]:
         """What a trained model was trained on: stores, noise level, segmentation, geometry."""

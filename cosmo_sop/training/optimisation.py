@@ -53,11 +53,18 @@ class Optimisation:
         ]
         self.optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
         if cfg["schedule"] == "onecycle":  # linear warm-up to lr, then cosine decay
+            total_steps = cfg["epochs"] * steps_per_epoch
+            warmup = cfg["warmup_fraction"]
+            if float(warmup * total_steps) == 1.0:
+                # A warm-up of exactly one step ends where it starts, and torch divides by its
+                # length (ZeroDivisionError at the first step, e.g. 0.1 of 2 epochs x 5
+                # batches). A hair shorter is the same schedule: the peak from step 0 on.
+                warmup = (1 - 1e-9) / total_steps
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer,
                 max_lr=cfg["lr"],
-                total_steps=cfg["epochs"] * steps_per_epoch,
-                pct_start=cfg["warmup_fraction"],
+                total_steps=total_steps,
+                pct_start=warmup,
                 anneal_strategy="cos",
                 cycle_momentum=False,
             )

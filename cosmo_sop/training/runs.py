@@ -33,7 +33,7 @@ from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.trained import check_provenance, load_backbone
 from cosmo_sop.storage import atomic_path, write_json
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
-from cosmo_sop.training.data import PatchData
+from cosmo_sop.training.data import SPLITS, PatchData
 from cosmo_sop.training.evaluation import Predict, evaluate
 from cosmo_sop.training.loop import derived_seed, fit
 
@@ -100,6 +100,7 @@ def train_backbone(
         The test metrics, also written to ``run_dir/test_metrics.json``.
     """
     data = PatchData(patches)
+    _require_splits(data)
     scaler = data.scaler()
     n_bins, size = data.ds.sizes["bin"], data.ds.sizes["y"]
     architecture = dict(config["backbone"])
@@ -123,6 +124,12 @@ def train_backbone(
         restart_stale=restart_stale,
     )
     return _write_test_metrics(model, data, scaler, predict_backbone, run_dir, config)
+
+
+def _require_splits(data: PatchData) -> None:
+    """Refuse a store without train, val or test maps now, not once the training is done."""
+    for split in SPLITS:
+        data.indices(split)
 
 
 def train_sop(
@@ -153,6 +160,7 @@ def train_sop(
         )
     data = PatchData(patches, segments if config["sop"]["tokens"] == "segments" else None)
     check_provenance(backbone_sidecar, data, Path(backbone_dir) / WEIGHTS)
+    _require_splits(data)
     scaler = LabelScaler.from_state_dict(backbone_sidecar["label_scaler"])
 
     settings = {k: v for k, v in config["sop"].items() if k not in ("training", "max_train_maps")}
@@ -201,7 +209,6 @@ def _write_test_metrics(
     if isinstance(model, SumOfParts):
         metrics["groups"] = group_statistics(model, test, config["training"]["eval_batch_size"])
     run_dir = Path(run_dir)
-    write_json(run_dir / TEST_METRICS, metrics)
     # Through a file object: np.savez would append .npz to the temporary name.
     with atomic_path(run_dir / TEST_PREDICTIONS) as tmp, open(tmp, "wb") as f:
         np.savez(
@@ -211,6 +218,8 @@ def _write_test_metrics(
             targets=result["targets"],
             names=np.asarray(result["names"]),
         )
+    # Last: the workflow's declared output, so its presence means the run folder is complete.
+    write_json(run_dir / TEST_METRICS, metrics)
     return metrics
 
 

@@ -3,16 +3,23 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # The results tree is named once, in cosmo_sop/layout.py (standard library only), for the rules,
 # the report and the figures alike; this checkout's copy is imported whether or not it is installed.
 sys.path.insert(0, workflow.basedir)
 from cosmo_sop import layout
+from cosmo_sop.config import validate_config
+from cosmo_sop.errors import InputError
 
-# One schema serves the workflow and the library (workflow/schemas links to cosmo_sop/schemas);
-# validate() also fills every default, so rules can index config freely.
-validate(config, "../schemas/config.schema.yaml")
+# The CLI's own validation (one schema, workflow/schemas links to cosmo_sop/schemas, and every
+# check across keys), before any job: a bad config costs no work. It fills every default into
+# Snakemake's config in place, so rules can index config freely. A bad config is one line, as
+# the CLI prints it, and exit status 2: an exception would come wrapped in Snakemake's frames.
+CONFIG_FILES = " + ".join(str(path) for path in workflow.configfiles) or "config"
+try:
+    config.update(validate_config(config, CONFIG_FILES, whole=True))
+except InputError as error:
+    print(error, file=sys.stderr)
+    sys.exit(2)
 
 # Rules run `python -m cosmo_sop` from this checkout with the interpreter that runs Snakemake
 # (a venv need not be activated), so the library needs no install inside per-rule conda envs

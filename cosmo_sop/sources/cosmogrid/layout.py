@@ -104,6 +104,29 @@ def metainfo_path(root: str | os.PathLike) -> Path:
     return Path(root) / METAINFO_NAME
 
 
+#: What h5py raises for a file whose content is damaged behind an intact signature: HDF5's
+#: error stack surfaces as OSError, RuntimeError, KeyError or ValueError (depending on the
+#: damaged structure: object header, B-tree, local heap, chunk), and a garbled link name as
+#: TypeError or UnicodeDecodeError (a ValueError).
+HDF5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def hdf5_errors(path: Path, what: str) -> Iterator[None]:
+    """Turn an h5py error raised in the block into an InputError naming ``path`` and ``what``.
+
+    ``what`` names the object being read, e.g. ``"dataset 'kg/stage3_lensing1'"``; the HDF5
+    message is kept on the same line (HDF5 messages can span lines).
+    """
+    try:
+        yield
+    except HDF5_ERRORS as exc:
+        # str() of a KeyError quotes its message.
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        detail = " ".join(str(text).split()) or type(exc).__name__
+        raise InputError(path, f"cannot read {what}, the file is damaged ({detail})") from None
+
+
 @contextlib.contextmanager
 def open_hdf5(path: Path) -> Iterator[h5py.File]:
     """Open a release file read-only; a missing or unreadable file is an InputError."""
@@ -113,5 +136,6 @@ def open_hdf5(path: Path) -> Iterator[h5py.File]:
         raise InputError(path, "file not found") from None
     except OSError as exc:
         raise InputError(path, f"not a readable HDF5 file ({exc})") from None
-    with file:
+    # Anything the caller did not name more precisely is reported against the whole file.
+    with file, hdf5_errors(path, "the file"):
         yield file

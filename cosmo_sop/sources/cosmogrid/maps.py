@@ -17,7 +17,13 @@ import healpy as hp
 import numpy as np
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.sources.cosmogrid.layout import IA_GROUP, KAPPA_GROUP, dataset_name, open_hdf5
+from cosmo_sop.sources.cosmogrid.layout import (
+    IA_GROUP,
+    KAPPA_GROUP,
+    dataset_name,
+    hdf5_errors,
+    open_hdf5,
+)
 
 
 def _map_datasets(
@@ -26,7 +32,9 @@ def _map_datasets(
     """The kappa (and IA) datasets of ``bins``, checked for presence, shape and dtype."""
     if not bins:
         raise InputError("config key 'ingest.bins'", "needs at least one tomographic bin")
-    if ia_amplitude is not None and IA_GROUP not in file:
+    with hdf5_errors(path, f"group '{IA_GROUP}'"):
+        no_ia = ia_amplitude is not None and IA_GROUP not in file
+    if no_ia:
         raise InputError(
             path,
             f"cosmogrid.ia_amplitude is set but the file has no '{IA_GROUP}' group "
@@ -38,37 +46,46 @@ def _map_datasets(
     for group in groups:
         for tomo_bin in bins:
             name = dataset_name(group, tomo_bin)
-            if name not in file or not isinstance(file[name], h5py.Dataset):
-                members = file.get(group)
-                members = list(members) if isinstance(members, h5py.Group) else []
-                present = sorted(k for k in members if k.startswith("stage3_lensing"))
+            # Metadata reads: a damaged header, B-tree or heap fails here, named.
+            with hdf5_errors(path, f"dataset '{name}'"):
+                dataset = _dataset(file, path, group, tomo_bin)
+                shape, dtype = dataset.shape, dataset.dtype
+            if len(shape) != 1 or dtype.kind != "f":
                 raise InputError(
                     path,
-                    f"lacks dataset '{name}' (tomographic bin {tomo_bin}; the '{group}' group "
-                    f"has {', '.join(present) or 'no stage3_lensing datasets'})",
-                )
-            dataset = file[name]
-            if dataset.ndim != 1 or dataset.dtype.kind != "f":
-                raise InputError(
-                    path,
-                    f"dataset '{name}' has shape {dataset.shape} and dtype {dataset.dtype}, "
+                    f"dataset '{name}' has shape {shape} and dtype {dtype}, "
                     "expected a 1-D floating-point HEALPix map",
                 )
-            if not hp.isnpixok(dataset.shape[0]):
+            if not hp.isnpixok(shape[0]):
                 raise InputError(
                     path,
-                    f"dataset '{name}' has {dataset.shape[0]} pixels, which is not "
+                    f"dataset '{name}' has {shape[0]} pixels, which is not "
                     "12 * nside^2 for any nside",
                 )
-            if npix is not None and dataset.shape[0] != npix:
+            if npix is not None and shape[0] != npix:
                 raise InputError(
                     path,
-                    f"dataset '{name}' has {dataset.shape[0]} pixels but "
+                    f"dataset '{name}' has {shape[0]} pixels but "
                     f"'{dataset_name(KAPPA_GROUP, bins[0])}' has {npix}",
                 )
-            npix = dataset.shape[0]
+            npix = shape[0]
             datasets[group].append(dataset)
     return datasets[KAPPA_GROUP], datasets.get(IA_GROUP, []), hp.npix2nside(npix)
+
+
+def _dataset(file: h5py.File, path: Path, group: str, tomo_bin: int) -> h5py.Dataset:
+    """The dataset of ``tomo_bin`` in ``group``; InputError listing the group if absent."""
+    name = dataset_name(group, tomo_bin)
+    if name in file and isinstance(file[name], h5py.Dataset):
+        return file[name]
+    members = file.get(group)
+    members = list(members) if isinstance(members, h5py.Group) else []
+    present = sorted(k for k in members if k.startswith("stage3_lensing"))
+    raise InputError(
+        path,
+        f"lacks dataset '{name}' (tomographic bin {tomo_bin}; the '{group}' group "
+        f"has {', '.join(present) or 'no stage3_lensing datasets'})",
+    )
 
 
 def map_nside(
@@ -137,13 +154,12 @@ def read_kappa(
 def _read_finite(dataset: h5py.Dataset, path: Path, out: np.ndarray, row: int | None) -> None:
     """Read ``dataset`` into ``out[row]`` (HDF5 converts the dtype) and reject NaN/inf."""
     name = dataset.name.lstrip("/")
-    try:
+    # A damaged chunk, filter or chunk index fails here (HDF5 reads the data lazily).
+    with hdf5_errors(path, f"dataset '{name}'"):
         if row is None:
             dataset.read_direct(out)
         else:
             dataset.read_direct(out, dest_sel=np.s_[row])
-    except OSError as exc:
-        raise InputError(path, f"cannot read dataset '{name}' ({exc})") from None
     values = out if row is None else out[row]
     n_bad = values.size - np.count_nonzero(np.isfinite(values))
     if n_bad:

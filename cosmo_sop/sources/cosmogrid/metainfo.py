@@ -21,6 +21,7 @@ from cosmo_sop.errors import InputError
 from cosmo_sop.sources.cosmogrid.layout import (
     SIMULATION_SETS,
     cosmology_id,
+    hdf5_errors,
     map_path,
     metainfo_path,
     open_hdf5,
@@ -66,8 +67,26 @@ def read_parameters(root: str | os.PathLike, simulation_set: str) -> np.ndarray:
     Returns
     -------
     numpy structured array with (at least) the columns ``Om``, ``s8`` and ``path_par``.
+
+    Raises
+    ------
+    InputError
+        Also if two rows name the same cosmology: its maps would be ingested twice under two
+        labels (and the split would count it once), so such a table is refused.
     """
-    return _read_table(root, "parameters", simulation_set)
+    table = _read_table(root, "parameters", simulation_set)
+    ids, counts = np.unique(cosmology_ids(table), return_counts=True)
+    repeated = ids[counts > 1].tolist()
+    if repeated:
+        shown = ", ".join(repeated[:5]) + (
+            f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        )
+        raise InputError(
+            metainfo_path(root),
+            f"table 'parameters/{simulation_set}' lists cosmology id(s) {shown} more than once "
+            "(one row per cosmology expected)",
+        )
+    return table
 
 
 def read_simulations(root: str | os.PathLike, simulation_set: str) -> np.ndarray:
@@ -85,13 +104,10 @@ def _read_table(root: str | os.PathLike, kind: str, simulation_set: str) -> np.n
     if not path.is_file():
         raise InputError(path, "CosmoGridV1 metainfo file not found (check cosmogrid.root)")
     table = f"{kind}/{simulation_set}"
-    with open_hdf5(path) as file:
+    with open_hdf5(path) as file, hdf5_errors(path, f"table '{table}'"):
         if table not in file or not isinstance(file[table], h5py.Dataset):
             raise InputError(path, f"metainfo lacks the table '{table}'")
-        try:
-            rows = file[table][()]
-        except OSError as exc:
-            raise InputError(path, f"cannot read table '{table}' ({exc})") from None
+        rows = file[table][()]
     names = rows.dtype.names or ()
     missing = [name for name in _REQUIRED_COLUMNS if name not in names]
     if rows.ndim != 1 or missing:
@@ -179,6 +195,7 @@ def list_maps(
     cosmologies: str | int | Sequence[str] | None = None,
     perms: int | Sequence[int] | None = None,
     baryonified: bool | None = None,
+    require_files: bool = True,
 ) -> list[MapRecord]:
     """Every map file of the selected cosmologies and permutations, checked to exist.
 
@@ -191,6 +208,9 @@ def list_maps(
         Folder holding ``CosmoGridV1_metainfo.h5`` and ``stage3_forecast/``.
     simulation_set, cosmologies, perms, baryonified
         As the keys of the ``cosmogrid`` config section; None takes the key's default.
+    require_files
+        Check that every map file exists (False for ``ingest.on_bad_map: skip``, which
+        reports a missing file as skipped instead).
 
     Returns
     -------
@@ -238,7 +258,7 @@ def list_maps(
         for perm in indices
     ]
     # Stat every file now: a missing one should stop the run before hours of reading, not after.
-    missing = [record.path for record in records if not record.path.is_file()]
+    missing = [record.path for record in records if require_files and not record.path.is_file()]
     if missing:
         more = f" ({len(missing) - 1} more of the {len(records)} files are missing too)"
         raise InputError(missing[0], "map file not found" + (more if len(missing) > 1 else ""))

@@ -20,6 +20,7 @@ import numpy as np
 import cosmo_sop
 from cosmo_sop.errors import InputError
 from cosmo_sop.sources.cosmogrid.layout import (
+    HDF5_ERRORS,
     KAPPA_GROUP,
     SIMULATION_SETS,
     dataset_name,
@@ -142,22 +143,14 @@ def map_is_complete(path: Path, provenance: str, n_bins: int, npix: int) -> bool
                     return False
                 if dset.shape != (npix,) or dset.dtype != np.float32:
                     return False
-    except OSError:  # truncated or not HDF5 at all
+    except HDF5_ERRORS:  # truncated, damaged or not HDF5 at all: written again
         return False
     return True
 
 
-def _remove_stray_temporaries(path: Path) -> None:
-    """Remove temporaries that an interrupted run left beside ``path`` (see ``atomic_path``)."""
-    if path.parent.is_dir():
-        for stray in path.parent.glob(f".{path.name}.tmp-*"):
-            if stray.is_file():
-                stray.unlink()
-
-
 def write_map(path: Path, maps: np.ndarray, provenance: str) -> None:
     """Write the bins ``maps`` (n_bins, npix) of one map file atomically, with provenance."""
-    _remove_stray_temporaries(path)
+    # atomic_path also removes the temporaries of this file that a killed run left.
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs[PROVENANCE_ATTR] = provenance
         for b, kappa in enumerate(maps, start=1):
@@ -181,7 +174,7 @@ def read_metainfo_record(path: Path) -> str | None:
     try:
         with h5py.File(path, "r") as f:
             record = f.attrs.get(PROVENANCE_ATTR)
-    except OSError:
+    except HDF5_ERRORS:
         record = None
     if record is None:
         raise InputError(
