@@ -25,6 +25,7 @@ from fixtures.kill import (
     temporaries,
 )
 from fixtures.runs import tiny_config
+from fixtures.workflow import tiny_workflow_config
 
 from cosmo_sop.cli import main
 from cosmo_sop.layout import (
@@ -37,23 +38,12 @@ from cosmo_sop.layout import (
 )
 from cosmo_sop.sources.cosmogrid.layout import METAINFO_NAME
 
-#: The data steps' config: the tiny workflow's (tests/test_workflow.py), with three cosmologies.
-DATA_CONFIG = {
-    "seed": 7,
+#: The data steps' config: the tiny workflow's (tests/fixtures/workflow.py), with three
+#: cosmologies of two redshift bins, and a token grid that fits its 12-pixel patches.
+_WORKFLOW = tiny_workflow_config(Path("unused"))
+DATA_CONFIG = {key: _WORKFLOW[key] for key in ("seed", "noise", "segmentation", "backbone")} | {
     "mock": {"n_cosmologies": 3, "n_perms": 1, "nside": 32, "redshift": {"n_bins": 2}},
-    "ingest": {
-        "bins": [1, 2],
-        "patch_size": 12,
-        "resolution_arcmin": 110.0,
-        "centres_nside": 1,
-        "chunk_samples": 16,
-    },
-    "noise": [
-        {"name": "noiseless", "shape_noise": False},
-        {"name": "noisy", "n_gal_arcmin2": 5.0, "smoothing_fwhm_arcmin": 200.0},
-    ],
-    "segmentation": {"max_segments": 12, "min_distance_pixels": 2},
-    "backbone": {"widths": [4, 8], "kernel_size": 3, "hidden": [16]},
+    "ingest": {**_WORKFLOW["ingest"], "bins": [1, 2]},
     "sop": {"patch_tokens": 4, "n_heads": 2, "d_model": 8},
 }
 #: The science steps' config: the tiny runs', with few maps, samples and bootstrap replicates.

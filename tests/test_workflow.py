@@ -11,46 +11,12 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from fixtures.workflow import tiny_workflow_config
 
 from cosmo_sop.models import load_sop
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-
-
-def tiny_config(tmp_path: Path) -> dict:
-    """Six mock cosmologies at nside 32, two bins, 12 patches of 12 x 12 pixels per map, and
-    networks small enough to train in seconds."""
-    return {
-        "seed": 7,
-        "results": str(tmp_path / "results"),
-        "mock": {"root": str(tmp_path / "mock"), "n_cosmologies": 6, "nside": 32},
-        "ingest": {
-            "bins": [1, 3],
-            "patch_size": 12,
-            "resolution_arcmin": 110.0,
-            "centres_nside": 1,
-            "chunk_samples": 16,
-        },
-        "noise": [
-            {"name": "noiseless", "shape_noise": False},
-            {"name": "noisy", "n_gal_arcmin2": 5.0, "smoothing_fwhm_arcmin": 200.0},
-        ],
-        "segmentation": {"max_segments": 12, "min_distance_pixels": 2},
-        "backbone": {"widths": [4, 8], "kernel_size": 3, "hidden": [16]},
-        "training": {"epochs": 2, "batch_size": 16},
-        "sop": {
-            "tokens": "segments",
-            "encoder_blocks": 1,
-            "n_heads": 2,
-            "d_model": 8,
-            "n_groups": 4,
-            "training": {"epochs": 1, "batch_size": 8},
-        },
-        "evaluation": {"n_maps": 4, "n_samples": 16},
-        "structures": {"n_boot": 50},
-        "summary_statistics": {"ell_bins": 4, "max_steps": 200},
-    }
 
 
 def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -80,7 +46,7 @@ def test_lint_is_clean():
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):
-    config = tiny_config(tmp_path)
+    config = tiny_workflow_config(tmp_path)
     config["mock"]["nside"] = 33
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
@@ -118,7 +84,7 @@ def _level_outside_results(config: dict) -> None:
 def test_the_clis_config_checks_stop_the_workflow_before_any_job(tmp_path, break_config, message):
     """Every check of the CLI's config validation runs when the workflow starts: one line
     naming the config file and the key, exit status 2, and no job (no results folder)."""
-    config = tiny_config(tmp_path)
+    config = tiny_workflow_config(tmp_path)
     break_config(config)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
@@ -132,7 +98,7 @@ def test_the_clis_config_checks_stop_the_workflow_before_any_job(tmp_path, break
 
 @pytest.mark.slow
 def test_demo_workflow_end_to_end(tmp_path):
-    config = tiny_config(tmp_path)
+    config = tiny_workflow_config(tmp_path)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
 
