@@ -99,6 +99,15 @@ def defaults(section: str) -> Any:
     return copy.deepcopy(value)
 
 
+def fill_defaults(section: str, **values: Any) -> dict[str, Any]:
+    """``values`` (keys of config section ``section``) with each None replaced by the schema's
+    default of that key: for library functions whose keyword arguments default to None."""
+    if all(value is not None for value in values.values()):
+        return values  # e.g. a model rebuilt from its config: no need to read the schema
+    schema = defaults(section)
+    return {key: schema[key] if value is None else value for key, value in values.items()}
+
+
 def with_defaults(
     section: str,
     options: Mapping[str, Any] | list | None = None,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cosmo_sop.config import defaults
+from cosmo_sop.config import defaults, fill_defaults
 from cosmo_sop.conv_sizes import block_output_sizes
 from cosmo_sop.errors import InputError
 
@@ -55,14 +55,6 @@ class ConvBlock(nn.Sequential):
         if batchnorm:
             layers["norm"] = nn.BatchNorm2d(out_channels)
         super().__init__(layers)
-
-
-def _with_schema_defaults(**architecture: Any) -> dict[str, Any]:
-    """``architecture`` with each None replaced by the config schema's default."""
-    if all(value is not None for value in architecture.values()):
-        return architecture  # a model rebuilt from its config: no need to read the schema
-    schema = {**defaults("backbone"), "input_size": defaults("ingest")["patch_size"]}
-    return {k: schema[k] if value is None else value for k, value in architecture.items()}
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -138,8 +130,10 @@ class ConvRegressor(nn.Module):
         dropout: float | None = None,
     ) -> None:
         super().__init__()
-        arch = _with_schema_defaults(
-            input_size=input_size,
+        if input_size is None:
+            input_size = defaults("ingest")["patch_size"]
+        arch = fill_defaults(
+            "backbone",
             widths=widths,
             kernel_size=kernel_size,
             hidden=hidden,
@@ -150,7 +144,7 @@ class ConvRegressor(nn.Module):
         negative_slope, dropout = arch["negative_slope"], arch["dropout"]
         self.in_channels = _positive_int("in_channels", in_channels)
         self.n_outputs = _positive_int("n_outputs", n_outputs)
-        self.input_size = _positive_int("input_size", arch["input_size"])
+        self.input_size = _positive_int("input_size", input_size)
         self.widths = _positive_ints("widths", arch["widths"])
         self.kernel_size = _positive_int("kernel_size", arch["kernel_size"])
         self.hidden = _positive_ints("hidden", arch["hidden"])

@@ -45,7 +45,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from cosmo_sop.config import defaults
+from cosmo_sop.config import defaults, fill_defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.models.groups import Explanation, GroupGenerator, GroupSelector, Normalisation
 from cosmo_sop.models.tokens import patch_token_map, patch_tokens, segment_tokens, tokens_to_pixels
@@ -107,7 +107,8 @@ class SumOfParts(nn.Module):
         max_backbone_batch: int | None = None,
     ) -> None:
         super().__init__()
-        settings = _with_schema_defaults(
+        settings = fill_defaults(
+            "sop",
             tokens=tokens,
             patch_tokens=patch_tokens,
             n_heads=n_heads,
@@ -353,14 +354,6 @@ class SumOfParts(nn.Module):
         if int(segments.min()) < 0:
             raise ValueError("segments labels must be >= 0")
         return segments.to(device=x.device, dtype=torch.int64)
-
-
-def _with_schema_defaults(**settings: Any) -> dict[str, Any]:
-    """``settings`` with each None replaced by the config schema's default of ``sop.<name>``."""
-    if all(value is not None for value in settings.values()):
-        return settings  # a model rebuilt from its config: no need to read the schema
-    schema = defaults("sop")
-    return {name: schema[name] if value is None else value for name, value in settings.items()}
 
 
 def _check_settings(

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from cosmo_sop.config import defaults
+from cosmo_sop.config import fill_defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.sources.cosmogrid.layout import (
     SIMULATION_SETS,
@@ -222,11 +222,13 @@ def list_maps(
         For a missing or malformed metainfo file, unknown cosmologies, permutations that the
         simulations table does not have, or map files that are not on disk.
     """
-    fill = defaults("cosmogrid")
-    simulation_set = fill["simulation_set"] if simulation_set is None else simulation_set
-    cosmologies = fill["cosmologies"] if cosmologies is None else cosmologies
-    perms = fill["perms"] if perms is None else perms
-    baryonified = fill["baryonified"] if baryonified is None else baryonified
+    simulation_set, cosmologies, perms, baryonified = fill_defaults(
+        "cosmogrid",
+        simulation_set=simulation_set,
+        cosmologies=cosmologies,
+        perms=perms,
+        baryonified=baryonified,
+    ).values()
     parameters = read_parameters(root, simulation_set)
     simulations = read_simulations(root, simulation_set)
     where = f"{metainfo_path(root)} (parameters/{simulation_set})"
