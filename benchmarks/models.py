@@ -22,6 +22,7 @@ import torch
 from cosmo_sop import layout
 from cosmo_sop.config import load_config, validate_config
 from cosmo_sop.models import ConvRegressor, SumOfParts
+from cosmo_sop.training import sop_model_settings
 
 
 def best_time(func, repeat: int = 5) -> float:
@@ -59,11 +60,8 @@ def benchmark(device: torch.device, batch: int, channels: int) -> None:
     config = validate_config({})
     size, sop_cfg = config["ingest"]["patch_size"], config["sop"]
     backbone = ConvRegressor(channels, input_size=size, **config["backbone"]).to(device).eval()
-    settings = {
-        k: v
-        for k, v in sop_cfg.items()
-        if k not in ("training", "max_train_maps", "encoder_blocks")
-    }
+    settings = sop_model_settings(sop_cfg)
+    settings.pop("encoder_blocks")
     sop = SumOfParts.from_backbone(
         backbone, (channels, size, size), sop_cfg["encoder_blocks"], **settings
     )

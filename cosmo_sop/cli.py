@@ -138,7 +138,14 @@ def _explain(args: argparse.Namespace, config: Config) -> None:
 def _structures(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.structures.run import run
 
-    run(config, explanations=args.explanations, patches=args.patches, out_dir=args.output_dir)
+    run(
+        config,
+        explanations=args.explanations,
+        patches=args.patches,
+        out_dir=args.output_dir,
+        sop=args.sop,
+        segments=args.segments,
+    )
 
 
 def _faithfulness(args: argparse.Namespace, config: Config) -> None:
@@ -152,6 +159,7 @@ def _faithfulness(args: argparse.Namespace, config: Config) -> None:
         xdnn=args.xdnn,
         out_dir=args.output_dir,
         segments=args.segments,
+        sop=args.sop,
     )
 
 
@@ -292,6 +300,10 @@ COMMANDS = (
         _structures,
         "voids and clusters among SOP's groups, and their weights",
         paths=(*EXPLAINED, OUTPUT_DIR),
+        optional_paths=(
+            ("--sop", "run folder of the trained SOP (null controls; default: the store's)"),
+            ("--segments", "segments store (for sop.tokens: segments)"),
+        ),
     ),
     Command(
         "faithfulness",
@@ -301,6 +313,7 @@ COMMANDS = (
         optional_paths=(
             ("--xdnn", "run folder of the X-DNN twin (for X-Gradient)"),
             ("--segments", "segments store (KernelSHAP and LIME features)"),
+            ("--sop", "run folder of the SOP model (SOP scored on itself; default: the store's)"),
         ),
     ),
     Command(

@@ -297,6 +297,15 @@ def _check_results(config: dict[str, Any]) -> str | None:
     return _not_a_file("results", config["results"])
 
 
+def _check_mask_fractions(config: dict[str, Any]) -> str | None:
+    low, high = config["training"]["mask_min_keep"], config["training"]["mask_max_keep"]
+    if low > high:
+        return (
+            f"config key 'training.mask_min_keep' = {low} exceeds 'training.mask_max_keep' = {high}"
+        )
+    return None
+
+
 def _not_a_file(key: str, path: str) -> str | None:
     # Else the first job to write there fails with "Not a directory", after the jobs before it.
     if Path(path).exists() and not Path(path).is_dir():
@@ -317,4 +326,5 @@ _CHECKS = (
     (("sop",), _check_sop_heads),
     (("sop", "ingest"), _check_sop_patch_tokens),
     (("results",), _check_results),
+    (("training",), _check_mask_fractions),
 )

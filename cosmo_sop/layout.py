@@ -53,6 +53,9 @@ __all__ = [
     "level_patches",
     "log",
     "model_dir",
+    "sweep_model_dir",
+    "sweep_keep_fraction",
+    "SWEEP_PREFIX",
     "patches",
     "report",
     "science_dir",
@@ -67,6 +70,8 @@ Folder = str | os.PathLike
 
 #: The models trained per noise level, in display order.
 MODELS = ("backbone", "xdnn", "sop")
+#: Run folders of SOP at other group sizes are this prefix and tau, e.g. ``sop_tau0.3``.
+SWEEP_PREFIX = "sop_tau"
 
 # Figures of the data stage.
 PATCHES_FIGURE = "patches.png"
@@ -119,6 +124,21 @@ def segments(results: Folder, level: str) -> Path:
 def model_dir(results: Folder, level: str, model: str) -> Path:
     """Run folder of one model (:data:`MODELS`): weights, sidecar, metrics, checkpoint."""
     return level_dir(results, level) / "models" / model
+
+
+def sweep_model_dir(results: Folder, level: str, keep_fraction: float | str) -> Path:
+    """Run folder of SOP trained at another group size tau (``sop.sweep_keep_fractions``)."""
+    return level_dir(results, level) / "models" / f"{SWEEP_PREFIX}{keep_fraction}"
+
+
+def sweep_keep_fraction(run_folder_name: str) -> float | None:
+    """The tau of a :func:`sweep_model_dir` folder name, None for any other folder."""
+    if not run_folder_name.startswith(SWEEP_PREFIX):
+        return None
+    try:
+        return float(run_folder_name[len(SWEEP_PREFIX) :])
+    except ValueError:
+        return None
 
 
 def explanations(results: Folder, level: str) -> Path:

@@ -25,6 +25,18 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     assert stage3["smoothing_fwhm_arcmin"] == 0.0  # default filled inside a list item
 
 
+def test_paper_config_is_valid_once_given_the_release(tmp_path):
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    with pytest.raises(InputError, match="'cosmogrid.root' must be set"):
+        validate_config(raw, "paper.yaml", whole=True)
+    raw["cosmogrid"]["root"] = str(tmp_path)
+    config = validate_config(raw, "paper.yaml", whole=True)
+    assert config["sop"]["max_train_maps"] is None and config["sop"]["training"]["epochs"] >= 20
+    assert config["evaluation"]["n_maps"] >= 200
+
+
 def test_schema_link_points_at_the_package_schema():
     link = ROOT / "workflow" / "schemas" / "config.schema.yaml"
     assert link.resolve() == (ROOT / "cosmo_sop" / "schemas" / "config.schema.yaml").resolve()
@@ -152,6 +164,7 @@ def test_a_steps_own_sections_are_not_checked_against_default_neighbours(tmp_pat
         ({"evaluation": {"methods": ["sop", "sop"]}}, "evaluation.methods"),
         ({"summary_statistics": {"regressors": ["mlp", "mlp"]}}, "summary_statistics.regressors"),
         ({"noise": []}, "config key 'noise' fails the schema"),
+        ({"training": {"mask_min_keep": 0.5, "mask_max_keep": 0.3}}, "exceeds 'training.mask_max"),
         # a list of densities is one per bin; found at the noise step otherwise
         (
             {"noise": [{"name": "a", "n_gal_arcmin2": [5.0, 5.0]}]},
@@ -259,8 +272,9 @@ def test_schema_default_structures_are_the_library_defaults():
     assert table.attrs["n_boot"] == options["n_boot"]
     assert table.attrs["nonzero_only"] == int(options["nonzero_only"])
     assert purity_table({"sop": np.full((3, 2), 0.5)}).attrs["n_boot"] == options["n_boot"]
-    # the workflow resamples maps one by one unless the config says otherwise
-    assert options["bootstrap_blocks"] == "map"
+    # the workflow resamples whole cosmologies (their patches are correlated) unless told otherwise
+    assert options["bootstrap_blocks"] == "cosmology"
+    assert options["nulls"] == ["initial", "uniform", "random"]
 
 
 def _schema_keys(node: dict, prefix: str = "") -> list[tuple[str, str]]:

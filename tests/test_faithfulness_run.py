@@ -40,38 +40,61 @@ def test_faithfulness_table_of_all_methods(science_runs, tmp_path):
         figures=figures,
     )
     table = run(tmp_path / "a", True)
-    methods = list(DEFAULT_METHODS)
-    assert list(table.attribution.values) == methods
+    entries = list(table.entry.values)
+    # SOP on the backbone and on itself; every baseline per pixel and per token; X-Gradient
+    # also on the X-DNN it explains.
+    assert entries[:2] == ["sop/token/backbone", "sop/token/sop"]
+    for method in DEFAULT_METHODS[1:]:
+        assert f"{method}/pixel/backbone" in entries and f"{method}/token/backbone" in entries
+    assert {"x_gradient/pixel/xdnn", "x_gradient/token/xdnn"} <= set(entries)
+    assert len(entries) == 2 + 2 * (len(DEFAULT_METHODS) - 1) + 2
     assert list(table.metric.values) == ROWS
-    assert set(table.data_vars) == {"Om", "s8"}
-    for output in ("Om", "s8"):
-        assert np.isfinite(table[output].values).all(), output
-    assert table.attrs["n_maps"] == 4 and len(json.loads(table.attrs["store_index"])) == 4
-    assert dict(zip(table.metric.values, table.better.values))["purity"] == "higher"
-    purity = table.sel(metric="purity").to_array().values
-    assert ((purity >= 0) & (purity <= 1)).all()
-
-    # SOP's sparsity: the share of the map covered by its groups of non-zero weight.
-    ds = xr.open_zarr(explanations)
-    chosen = np.flatnonzero(np.isin(ds.store_index.values, json.loads(table.attrs["store_index"])))
-    used = (ds.scores.values[chosen] > 0) & ds.valid.values[chosen][..., None]  # (n, m, 2)
-    covered = (ds.masks.values[chosen][:, :, None] & used[..., None, None]).any(1)  # (n, 2, H, W)
-    for o, output in enumerate(("Om", "s8")):
-        expected = covered[:, o].mean()
-        assert float(table[output].sel(metric="sparsity", attribution="sop")) == pytest.approx(
-            expected
-        )
+    assert table.score.dims == ("sample", "entry", "metric", "output")
+    assert table.sizes["sample"] == 4 and table.attrs["n_maps"] == 4
+    assert table.cosmology.dims == ("sample",)
+    # Every model-scored metric is finite on the backbone; SOP on itself has no grouped curves.
+    backbone = table.sel(entry=[e for e in entries if e.endswith("/backbone")])
+    assert np.isfinite(backbone["mean"].sel(metric=["MSE top-20%", "Ins", "Del"])).all()
+    assert np.isfinite(table["mean"].sel(entry="sop/token/sop", metric="Ins")).all()
+    assert np.isnan(table["mean"].sel(entry="sop/token/sop", metric="InsG")).all()
+    # Token entries copy the grouped curves of their pixel entry (same group order).
+    np.testing.assert_array_equal(
+        table.score.sel(entry="saliency/token/backbone", metric="InsG"),
+        table.score.sel(entry="saliency/pixel/backbone", metric="InsG"),
+    )
+    # The mean is the mean of the per-map scores; the interval holds it.
+    np.testing.assert_allclose(table["mean"], table.score.mean("sample"), equal_nan=True)
+    finite = np.isfinite(table["ci_low"])
+    assert (table["ci_low"].values[finite] <= table["mean"].values[finite] + 1e-12).all()
+    # Paired differences: SOP (same scoring model) minus the entry, map by map.
+    diff = table.score.sel(entry="sop/token/backbone") - table.score.sel(
+        entry="saliency/pixel/backbone"
+    )
+    np.testing.assert_allclose(
+        table.sop_minus.sel(entry="saliency/pixel/backbone"), diff.mean("sample"), equal_nan=True
+    )
+    own = table.score.sel(entry="sop/token/sop") - table.score.sel(entry="x_gradient/pixel/xdnn")
+    np.testing.assert_allclose(
+        table.sop_minus.sel(entry="x_gradient/pixel/xdnn"), own.mean("sample"), equal_nan=True
+    )
+    assert np.isnan(table.sop_minus.sel(entry="sop/token/backbone")).all()
+    purity = table["mean"].sel(metric="purity").values
+    assert ((purity[np.isfinite(purity)] >= 0) & (purity[np.isfinite(purity)] <= 1)).all()
+    sparsity = table.score.sel(metric="sparsity").values
+    assert ((sparsity > 0) & (sparsity <= 1)).all()
 
     for name in ("faithfulness.csv", "purity.csv", "faithfulness_curves.png", "faithfulness.zarr"):
         assert (tmp_path / "a" / name).exists(), name
     rows = read_csv_rows(tmp_path / "a" / "faithfulness.csv")
-    assert len(rows) == 2 * len(ROWS) and all(set(methods) <= set(r) for r in rows)
-    assert len(read_csv_rows(tmp_path / "a" / "purity.csv")) == 2 * len(methods)
-    xr.testing.assert_identical(xr.open_zarr(tmp_path / "a" / "faithfulness.zarr").load(), table)
+    assert len(rows) == len(entries) * 2 * len(ROWS)
+    assert {"mean", "ci_low", "ci_high", "n_maps", "n_cosmologies", "sop_minus"} <= set(rows[0])
+    assert len(read_csv_rows(tmp_path / "a" / "purity.csv")) == 2 * len(DEFAULT_METHODS)
+    stored = xr.open_zarr(tmp_path / "a" / "faithfulness.zarr").load()
+    xr.testing.assert_identical(stored.drop_attrs(), table.drop_attrs())
 
     # Deterministic: a second run gives the same table, to the bit.
     again = run(tmp_path / "b", False)
-    xr.testing.assert_identical(again, table)
+    xr.testing.assert_identical(again.drop_attrs(), table.drop_attrs())
     first, second = ((tmp_path / run / "faithfulness.csv").read_bytes() for run in ("a", "b"))
     assert first == second
 
@@ -92,12 +115,17 @@ def test_faithfulness_without_segments_skips_segment_methods(science_runs, tmp_p
             figures=False,
             method_options={"lime": {"n_samples": 16}, "gradient_shap": {}},
         )
-    assert list(table.attribution.values) == ["sop", "saliency"]
+    # SOP groups segments: without them no per-token entries and no SOP on itself.
+    assert list(table.entry.values) == ["sop/token/backbone", "saliency/pixel/backbone"]
     assert set(json.loads(table.attrs["method_options"])) == {"saliency"}
-    assert set(json.loads(table.attrs["skipped"])) == {"kernel_shap", "lime"}
+    assert set(json.loads(table.attrs["skipped"])) == {
+        "kernel_shap",
+        "lime",
+        "per token, SOP on SOP",
+    }
     assert (tmp_path / "faithfulness.csv").is_file()
     assert not (tmp_path / "faithfulness_curves.png").exists()  # figures=False
-    assert np.isfinite(table.Om.values).all()
+    assert np.isfinite(table["mean"].sel(metric=["Ins", "Del"]).values).all()
 
 
 def test_faithfulness_refuses_mismatched_models_and_options(science_runs, tmp_path):

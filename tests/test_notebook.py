@@ -191,8 +191,9 @@ def test_notebook_runs_and_finds_the_planted_voids_and_clusters(tmp_path, monkey
     n = explained.sizes["sample"]
     counts = dict(re.findall(r"^(\w+)\s+(\d+) groups$", _text(_tagged(nb, "class-counts")), re.M))
     assert f"{5 * n} valid groups in {n} maps" in _text(_tagged(nb, "class-counts"))
-    assert int(counts["cluster"]) == n and int(counts["cluster_3sigma"]) == n  # the planted peaks
-    assert int(counts["void"]) >= n and int(counts["void_strict"]) >= n  # the troughs at least
+    assert int(counts["cluster_paper"]) == n  # the planted peaks
+    assert int(counts["cluster_authors"]) >= n
+    assert int(counts["void_paper"]) >= n and int(counts["void_authors"]) >= n  # the troughs
 
     # The printed table is the library's, on the same maps and definitions.
     definitions = parse_definitions(_notebook_definitions(nb))
@@ -210,17 +211,17 @@ def test_notebook_runs_and_finds_the_planted_voids_and_clusters(tmp_path, monkey
         blocks=explained["cosmology"].values,
     )
     printed = _text(_tagged(nb, "weight-table"))
-    for name in ("void", "cluster"):
+    for name in ("void_paper", "cluster_paper"):
         row = table.sel(definition=name)
         assert f"{float(row['ratio']):.3f}".rstrip("0") in printed
-    assert float(table.sel(definition="cluster")["ratio_high"]) < 1.0  # planted: s8 > Om
+    assert float(table.sel(definition="cluster_paper")["ratio_high"]) < 1.0  # planted: s8 > Om
 
     # The printed verdicts are the library's records of that table: both agree with the paper.
     printed = _text(_tagged(nb, "verdicts"))
     pattern = rf"^(\S+)\s+(?:void|cluster)\s.*\s({'|'.join(OUTCOMES)})\b"
     outcomes = dict(re.findall(pattern, printed, re.M))
     assert outcomes == {v["definition"]: v["outcome"] for v in verdicts(table)}
-    assert outcomes["void"] == "agrees" and outcomes["cluster"] == "agrees"
+    assert outcomes["void_paper"] == "agrees" and outcomes["cluster_paper"] == "agrees"
     assert f"{n} maps in {N_COSMOLOGIES} blocks" in printed
 
     histograms = nb.cells[

@@ -18,7 +18,7 @@ from markupsafe import escape
 from matplotlib.figure import Figure
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
+from cosmo_sop.faithfulness.summary import Entry, summarise, write_summary_csv
 from cosmo_sop.figures.predictions import (
     plot_mse_per_level,
     plot_predicted_vs_true,
@@ -37,8 +37,8 @@ from cosmo_sop.structures.run import write_weights_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
 NAMES = ["Om", "s8"]
-#: Standardised test MSE per model: SOP is 10 % worse for Om, 40 % worse for s8.
-MSE = {"backbone": (0.10, 0.05), "xdnn": (0.20, 0.15), "sop": (0.11, 0.07)}
+#: Standardised test MSE per model: SOP is 10 % worse for Om, 60 % worse for s8.
+MSE = {"backbone": (0.10, 0.05), "xdnn": (0.20, 0.15), "sop": (0.11, 0.08)}
 STD = np.array([0.1, 0.2])  # train std of (Om, s8): physical MSE = std^2 * standardised MSE
 WEIRD_METHOD = "X-Grad <b>&"
 
@@ -46,6 +46,7 @@ WEIRD_METHOD = "X-Grad <b>&"
 def _write_model(
     level: Path, name: str, mse: tuple[float, float], rng, n: int = 40, groups: dict | None = None
 ) -> None:
+    """A run folder's test metrics; ``groups``: SOP's records (groups, floor, versus_backbone)."""
     run = level / "models" / name
     run.mkdir(parents=True)
     metrics = {
@@ -54,8 +55,7 @@ def _write_model(
         "mse": dict(zip(NAMES, (np.asarray(mse) * STD**2).tolist())),
         "noise_level": level.name,
     }
-    if groups:
-        metrics["groups"] = groups
+    metrics.update(groups or {})
     (run / "test_metrics.json").write_text(json.dumps(metrics))
     targets = np.column_stack([rng.uniform(0.1, 0.5, n), rng.uniform(0.6, 1.0, n)])
     predictions = targets + rng.normal(0, 1, (n, 2)) * STD * np.sqrt(mse)
@@ -154,20 +154,8 @@ def _write_science(level: Path, rng) -> dict[str, str]:
         "method,output,purity,ci_low,ci_high,n_maps\n"
         "SOP,Om,0.71,0.66,0.77,30\nsaliency,Om,0.583,0.5,0.6,30\n"
     )
-    # faithfulness: the real table writer
-    results = {
-        "SOP": {
-            "Om": {"Ins": 0.20, "Del": 0.55, "MSE top-20%": 0.31},
-            "s8": {"Ins": 0.25, "Del": 0.50, "MSE top-20%": 0.33},
-        },
-        WEIRD_METHOD: {
-            "Om": {"Ins": 0.40, "Del": 0.60, "MSE top-20%": 0.52},
-            "s8": {"Ins": 0.45, "Del": 0.35, "MSE top-20%": 0.61},
-        },
-    }
-    faithfulness = faithfulness_table(results)
-    write_table_csv(faithfulness, science / "faithfulness.csv")
-    write_zarr(faithfulness.assign_attrs(n_maps=25, skipped="{}"), science / "faithfulness.zarr")
+    # faithfulness: the real summary writer, on per-map scores of two cosmologies
+    _write_faithfulness(science)
     for name in ("faithfulness_curves", "weight_histograms", "example_groups", "example_groups_2"):
         _png(science / f"{name}.png", name)
     return sentences
@@ -193,14 +181,33 @@ def results(tmp_path) -> tuple[Path, dict[str, str]]:
     rng = np.random.default_rng(3)
     root = tmp_path / "results"
     full = root / "noiseless"
-    groups = {
-        "n_maps": 40,
-        "n_groups": 20,
-        "nonzero_groups_per_map": {"Om": 3.25, "s8": 2.5},
-        "mean_group_size": {"Om": 0.125, "s8": 0.2},
-    }
+
+    def sop_records(tau: float, sparsity: float, ratio: float) -> dict:
+        groups = {
+            "n_maps": 40,
+            "n_groups": 20,
+            "tokens": "segments",
+            "keep_fraction": tau,
+            "nonzero_groups_per_map": {"Om": 3.25, "s8": 2.5},
+            "mean_group_size": {"Om": 0.125, "s8": 0.2},
+            "sparsity": {"Om": sparsity, "s8": sparsity},
+            "sparsity_mass": 0.9,
+        }
+        interval = {"ratio": ratio, "ci_low": ratio - 0.25, "ci_high": ratio + 0.5}
+        versus = {"Om": interval, "s8": interval, "n_maps": 40, "n_cosmologies": 7, "n_boot": 100}
+        floor = {
+            "n_maps": 40,
+            "n_groups": 20,
+            "keep_fraction": tau,
+            "single_group": {"Om": 0.4321, "s8": 0.4837},
+            "uniform_average": {"Om": 0.3739, "s8": 0.4431},
+        }
+        return {"groups": groups, "floor": floor, "versus_backbone": versus}
+
     for name, mse in MSE.items():
-        _write_model(full, name, mse, rng, groups=groups if name == "sop" else None)
+        records = sop_records(0.2, 0.1234, 1.1) if name == "sop" else None
+        _write_model(full, name, mse, rng, groups=records)
+    _write_model(full, "sop_tau0.5", (0.09, 0.06), rng, groups=sop_records(0.5, 0.5678, 1.05))
     _write_summary(full, rng)
     sentences = _write_science(full, rng)
     _write_patches(full, {"seed": 42, "sop": {"n_groups": 20}})
@@ -215,6 +222,38 @@ def results(tmp_path) -> tuple[Path, dict[str, str]]:
 
 def _images(page: str) -> list[bytes]:
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+def _write_faithfulness(science: Path) -> None:
+    """faithfulness.csv and .zarr of SOP and one method on 4 maps of 2 cosmologies: SOP's Ins
+    lower by exactly 0.2 on every map (significant), Del differing by +-0.1 (not)."""
+    entries = [Entry("sop", "token", "backbone"), Entry(WEIRD_METHOD, "pixel", "backbone")]
+    metrics, outputs = ["MSE top-20%", "Ins", "Del"], ["Om", "s8"]
+    scores = np.zeros((4, 2, 3, 2))
+    scores[:, 0, 0] = 0.31
+    scores[:, 1, 0] = 0.52
+    scores[:, 0, 1] = 0.2
+    scores[:, 1, 1] = 0.4
+    scores[:, 0, 2] = 0.5
+    scores[:, 1, 2] = [[0.4, 0.4], [0.6, 0.6], [0.4, 0.4], [0.6, 0.6]]
+    cosmologies = np.array(["a", "b", "a", "b"])
+    summary = summarise(scores, entries, cosmologies, 50, 0)
+    dims = ("entry", "metric", "output")
+    table = xr.Dataset(
+        {k: (dims, v) for k, v in summary.items() if k != "n_cosmologies"},
+        coords={
+            "entry": [e.key for e in entries],
+            "method": ("entry", [e.method for e in entries]),
+            "resolution": ("entry", [e.resolution for e in entries]),
+            "scorer": ("entry", [e.scorer for e in entries]),
+            "metric": metrics,
+            "better": ("metric", ["lower", "lower", "higher"]),
+            "output": outputs,
+        },
+        attrs={"n_cosmologies": 2, "n_maps": 4, "n_boot": 50, "skipped": "{}"},
+    )
+    write_summary_csv(table, science / "faithfulness.csv")
+    write_zarr(table, science / "faithfulness.zarr")
 
 
 def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path):
@@ -244,14 +283,25 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert "Summary statistics (mlp)" in page and "Summary statistics (ridge)" in page
     assert '<td class="num">40</td>' in page
     # SOP against the backbone, stated plainly: 1.1 for Om (met), 1.4 for s8 (missed)
-    assert "1.100 (SOP 10 % worse" in page and "1.400 (SOP 40 % worse" in page
+    assert "1.100 (SOP 10 % worse" in page and "1.600 (SOP 60 % worse" in page
     assert "target met" in page and "target missed" in page
-    assert "ratio ≤ 1.20" in page and "67 % worse" in page
+    assert "ratio ≤ 1.50" in page and "67 % worse" in page
+    # ... with its cosmology-bootstrap interval, the tokens, the floor and the tau sweep
+    assert "1.1 [0.85, 1.6]" in page and "7 test cosmologies, 40 maps" in page
+    assert "SOP's tokens: <b>segments</b>" in page
+    assert "The floor under SOP" in page and "0.4321" in page and "0.3739" in page
+    assert "the trained SOP is <b>below</b> the random-group average" in page  # 0.11 < 0.37
+    assert "Group size against error and sparsity" in page and "SOP, τ = 0.5" in page
+    assert page.index("0.1234") < page.index("0.5678")  # sparsity, the tau 0.2 row first
 
     # (b) faithfulness: the table of the CSV with the direction of each metric
     assert "lower is better" in page and "higher is better" in page
-    assert '<td class="num best">0.2</td>' in page  # SOP's insertion AUC for Om is the best
-    assert "Computed on 25 test maps." in page
+    assert "0.2 [0.2, 0.2]" in page  # SOP's insertion AUC for Om with its interval
+    assert "Computed on 4 test maps from 2 cosmologies." in page
+    assert "bootstrap over whole cosmologies (50 resamples" in page
+    assert escape(f"{WEIRD_METHOD}, per pixel (on backbone)") in page
+    assert '<td class="best">-0.2 [-0.2, -0.2]</td>' in page  # SOP − method: bold, CI < 0
+    assert '<td class="best">0.1 [' not in page  # a difference whose CI spans zero: not bold
     assert "Explanation store: 12 test maps, 4 groups each." in page
 
     # (c) the verdict sentences, the paper comparison, SOP's group statistics
@@ -342,13 +392,14 @@ def test_metrics_ratio_and_verdict_counts(results):
         "CNN backbone",
         "X-DNN",
         "SOP",
+        "SOP, τ = 0.5",
         "Summary statistics (mlp)",
         "Summary statistics (ridge)",
     ]
     assert metrics["SOP"]["groups"]["n_groups"] == 20
     ratios = sop_backbone_ratio(metrics)
-    assert ratios["Om"] == pytest.approx(1.1) and ratios["s8"] == pytest.approx(1.4)
-    assert ratios["both"] == pytest.approx((0.11 + 0.07) / (0.10 + 0.05))
+    assert ratios["Om"] == pytest.approx(1.1) and ratios["s8"] == pytest.approx(1.6)
+    assert ratios["both"] == pytest.approx((0.11 + 0.08) / (0.10 + 0.05))
     assert sop_backbone_ratio(read_test_metrics(root / "stage3")) is None
     counts = verdict_summary(
         [

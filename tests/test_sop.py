@@ -10,7 +10,12 @@ from torch import nn
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.models import ConvRegressor, Explanation, SumOfParts
-from cosmo_sop.models.tokens import drop_duplicates, n_kept_tokens, straight_through
+from cosmo_sop.models.tokens import (
+    drop_duplicates,
+    n_kept_tokens,
+    straight_through,
+    suppress_overlaps,
+)
 
 SIDE = 24  # 24 -conv3-> 22 -pool-> 11 -conv3-> 9 -pool-> 4 -conv3-> 2 -pool-> 1
 SHAPE = (2, SIDE, SIDE)
@@ -115,7 +120,9 @@ def test_each_group_keeps_the_ceiling_of_the_fraction_of_valid_tokens():
 @pytest.mark.parametrize("tokens", ["patches", "segments"])
 @pytest.mark.parametrize("attention", ["sparsemax", "softmax"])
 def test_generator_and_selector_learn_while_the_backbone_stays_frozen(tokens, attention):
-    model = make_sop(tokens, attention=attention).train()
+    # The paper's selector start, whose temperature gets a gradient at once (a uniform start's
+    # only once its zero queries moved; see the uniform test below).
+    model = make_sop(tokens, attention=attention, selector_init="backbone").train()
     assert not model.backbone.training and model.generator.training
     _, out = explain(model, tokens)
     (out.prediction**2).sum().backward()
@@ -199,6 +206,7 @@ def test_classification_with_any_backbone_and_token_encoder():
         n_heads=2,
         d_model=8,
         n_groups=4,
+        selector_init="backbone",
     ).eval()
     x = make_inputs(4)
     out = model.explain(x)
@@ -286,3 +294,77 @@ def test_drop_duplicates_matches_pairwise_comparison():
     assert torch.equal(drop_duplicates(kept, score), expected)
     # 2 copies of candidate 3 in each of 3 samples, 1 of 33 in sample 1, plus the given -inf.
     assert int((expected == -math.inf).sum()) == 2 * 3 + 1 + 1
+
+
+def test_suppress_overlaps_matches_a_greedy_loop_over_pairs():
+    generator = torch.Generator().manual_seed(2)
+    kept = torch.rand(2, 30, 50, generator=generator) < 0.3
+    kept[:, 4] = kept[:, 9]  # a duplicate, and a near-duplicate differing in one token
+    kept[:, 11] = kept[:, 9]
+    kept[:, 11, 0] = ~kept[:, 9, 0]
+    score = torch.rand(2, 30, generator=generator)
+    score[1, 5] = -math.inf
+    chosen, valid = suppress_overlaps(kept, score, n_groups=12, max_overlap=0.4)
+
+    def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a & b).sum()) / max(float((a | b).sum()), 1.0)
+
+    for b in range(2):
+        taken: list[int] = []
+        for i in score[b].argsort(descending=True, stable=True).tolist():
+            distinct = all(jaccard(kept[b, i], kept[b, j]) < 0.4 for j in taken)
+            if math.isfinite(score[b, i]) and len(taken) < 12 and distinct:
+                taken.append(i)
+        assert chosen[b][valid[b]].tolist() == taken
+        assert int(valid[b].sum()) == len(taken)
+
+
+def test_overlap_suppression_makes_groups_distinct():
+    model = make_sop("patches", n_groups=6, max_overlap=0.5).eval()
+    _, out = explain(model, "patches")
+    tokens = out.tokens[out.valid.all(1)]  # (b, m, T) of samples with every group filled
+    shared = (tokens[:, :, None] & tokens[:, None]).sum(-1).float()
+    union = (tokens[:, :, None] | tokens[:, None]).sum(-1).float()
+    off_diagonal = ~torch.eye(6, dtype=torch.bool)
+    assert torch.all((shared / union)[:, off_diagonal] < 0.5)
+
+
+@pytest.mark.parametrize("normalisation", ["sparsemax", "entmax15", "softmax"])
+def test_a_uniform_selector_averages_the_groups_until_it_learns(normalisation):
+    model = make_sop(
+        "segments", selector_init="uniform", selector_normalisation=normalisation, n_groups=6
+    ).eval()
+    x, out = explain(model, "segments")
+    n_valid = out.valid.sum(1, keepdim=True)
+    expected = out.valid[..., None] / n_valid[..., None]
+    assert torch.allclose(out.scores, expected.expand_as(out.scores).float(), atol=1e-6)
+    assert torch.allclose(out.prediction, out.partial.sum(1) / n_valid, atol=1e-6)
+    # The queries still get a gradient from the uniform start (the temperature not yet).
+    model.train()
+    (model(x, block_segments([7, 15, 5])) ** 2).sum().backward()
+    assert model.selector.queries.grad.abs().sum() > 0
+
+
+def test_backbone_selector_starts_from_the_output_layer():
+    model = make_sop("patches", selector_init="backbone")
+    assert torch.equal(model.selector.queries, model.backbone.head.weight)
+
+
+def test_training_samples_groups_and_evaluation_uses_all():
+    model = make_sop("patches", n_groups=6, train_groups=2)
+    calls = []
+    embed = model.backbone.embed
+    model.backbone.embed = lambda z: calls.append(len(z)) or embed(z)
+    x = make_inputs(4)
+    torch.manual_seed(0)
+    first = model.train().explain(x)
+    assert first.scores.shape[1] == 2 and sum(calls) == 4 * 2
+    torch.manual_seed(0)
+    again = model.explain(x)
+    assert torch.equal(first.tokens, again.tokens)  # the trainer's seed fixes the draw
+    full = model.eval().explain(x)
+    assert full.scores.shape[1] == 6 and sum(calls) == 4 * 2 * 2 + 4 * 6
+    # The sampled groups are among the m the generator chose.
+    for b in range(4):
+        for group in first.tokens[b]:
+            assert any(torch.equal(group, other) for other in full.tokens[b])

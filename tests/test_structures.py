@@ -88,11 +88,10 @@ def test_planted_void_and_peak_are_classified_under_every_definition():
     member = classify(stats)
     assert member.dims == ("sample", "group", "definition")
     expected = {  # groups: void, peak, plateau, empty
-        "void": [1, 0, 0, 0],
-        "void_strict": [1, 0, 0, 0],
-        "cluster": [0, 1, 0, 0],
-        "cluster_strict": [0, 1, 0, 0],
-        "cluster_3sigma": [0, 1, 0, 0],
+        "void_paper": [1, 0, 0, 0],
+        "void_authors": [1, 0, 0, 0],
+        "cluster_paper": [0, 1, 0, 0],
+        "cluster_authors": [0, 1, 0, 0],
     }
     for name, groups in expected.items():
         np.testing.assert_array_equal(
@@ -132,7 +131,7 @@ def test_threshold_list_gives_one_column_per_definition():
     assert member.shape == (3, 4, 3)
     assert list(member["definition"].values) == [c["name"] for c in config]
     assert list(member["kind"].values) == ["cluster", "cluster", "void"]
-    assert list(member["rule"].values) == ["mean > 1σ", "mean > 4σ", "> 50% of pixels < -0.5σ"]
+    assert list(member["rule"].values) == ["mean > 1σ", "mean > 4σ", "≥ 50% of pixels < -0.5σ"]
     assert -0.5 in stats["below_sigma"].values and 0.0 in stats["below_sigma"].values
     assert [d.to_config() for d in definitions] == config
     assert parse_definitions(None) == DEFAULT_DEFINITIONS
@@ -147,7 +146,8 @@ def test_threshold_list_gives_one_column_per_definition():
         ([{"name": "a", "kind": "void"}], "exactly one of"),
         ([{"name": "a", "kind": "void", "mean_below": 0, "fraction_below": 0}], "exactly one of"),
         ([{"name": "a", "kind": "void", "fraction_below": 0.0}], "needs min_fraction"),
-        ([{"name": "a", "kind": "void", "fraction_below": 0.0, "min_fraction": 1.5}], "[0, 1)"),
+        ([{"name": "a", "kind": "void", "fraction_below": 0.0, "min_fraction": 1.5}], "(0, 1)"),
+        ([{"name": "a", "kind": "void", "fraction_below": 0.0, "min_fraction": 0}], "(0, 1)"),
         ([{"name": "a", "kind": "void", "mean_below": 0.0, "min_fraction": 0.5}], "only goes"),
         ([{"name": "a", "kind": "cluster", "mean_above": "2"}], "finite number"),
         ([{"name": "a", "kind": "cluster", "mean_above": 2, "colour": "red"}], "unknown key"),
@@ -207,14 +207,14 @@ def test_bootstrap_ci_covers_the_true_mean_and_is_deterministic():
     for trial in range(40):
         scores = rng.dirichlet(alpha, size=(n, 2)).transpose(0, 2, 1)
         table = weight_table(scores, member, n_boot=400, seed=trial)
-        row = table.sel(definition="void", output="Om")
+        row = table.sel(definition="void_paper", output="Om")
         covered += bool(row["ci_low"] <= truth <= row["ci_high"])
     assert covered >= 34  # nominal 95 %: 38 of 40 expected
     again = weight_table(scores, member, n_boot=400, seed=39)
     assert again.identical(table)
     other = weight_table(scores, member, n_boot=400, seed=7)
     assert not np.allclose(
-        other["ci_low"].sel(definition="void"), table["ci_low"].sel(definition="void")
+        other["ci_low"].sel(definition="void_paper"), table["ci_low"].sel(definition="void_paper")
     )
     # zero weights included: all groups weigh 1/m for every output, so their ratio is exactly 1
     np.testing.assert_allclose(table["mean_weight_all"].values, 1 / m)
@@ -233,7 +233,7 @@ def test_bootstrap_sums_resample_whole_blocks():
     assert table.attrs["n_blocks"] == 4
     # the verdict's sample: 12 maps in 4 blocks, 12 groups, 95 % intervals
     assert table.attrs["n_maps"] == 12 and table.attrs["confidence"] == 0.95
-    assert verdict(table, "void")["n_groups"] == 12
+    assert verdict(table, "void_paper")["n_groups"] == 12
 
 
 def weighted_case(om_void: float, s8_void: float, n: int = 80, seed: int = 0):
@@ -257,34 +257,38 @@ def test_verdicts_agree_disagree_inconclusive():
     assert PAPER_FINDINGS["void"] == {"heavier": "Om", "text": "voids weigh more for Om"}
     assert PAPER_FINDINGS["cluster"] == {"heavier": "s8", "text": "clusters weigh more for s8"}
     agree = weight_table(*weighted_case(0.6, 0.3), n_boot=300)
-    record = verdict(agree, "void")
-    ratio = float(agree["ratio"].sel(definition="void"))
+    record = verdict(agree, "void_paper")
+    ratio = float(agree["ratio"].sel(definition="void_paper"))
     assert ratio > 1.5 and record["ratio"] == ratio
-    assert record["ci_low"] == float(agree["ratio_low"].sel(definition="void")) > 1.0
-    assert record["ci_high"] == float(agree["ratio_high"].sel(definition="void"))
-    assert (record["definition"], record["kind"], record["rule"]) == ("void", "void", "mean < 0σ")
+    assert record["ci_low"] == float(agree["ratio_low"].sel(definition="void_paper")) > 1.0
+    assert record["ci_high"] == float(agree["ratio_high"].sel(definition="void_paper"))
+    assert (record["definition"], record["kind"], record["rule"]) == (
+        "void_paper",
+        "void",
+        "mean < 0σ",
+    )
     assert record["n_groups"] == 80 and agree.attrs["n_maps"] == agree.attrs["n_blocks"] == 80
     assert agree.attrs["confidence"] == 0.95 and list(agree["output"].values) == ["Om", "s8"]
     assert record["outcome"] == "agrees" and record["agrees"] is True
     assert record["expected_heavier"] == "Om"
     by_name = {r["definition"]: r for r in verdicts(agree)}
     assert [r["definition"] for r in verdicts(agree)] == list(agree["definition"].values)
-    assert by_name["void"] == record
-    cluster = by_name["cluster"]
+    assert by_name["void_paper"] == record
+    cluster = by_name["cluster_paper"]
     assert cluster["outcome"] == "agrees" and cluster["agrees"] is True
     assert cluster["expected_heavier"] == "s8" and cluster["ci_high"] < 1.0
 
     disagree = weight_table(*weighted_case(0.3, 0.6), n_boot=300)
-    record = verdict(disagree, "void")
+    record = verdict(disagree, "void_paper")
     assert record["outcome"] == "disagrees" and record["agrees"] is False
     assert record["expected_heavier"] == "Om" and record["ci_high"] < 1.0
-    assert verdict(disagree, "cluster")["outcome"] == "disagrees"
-    assert verdict(disagree, "cluster")["agrees"] is False
+    assert verdict(disagree, "cluster_paper")["outcome"] == "disagrees"
+    assert verdict(disagree, "cluster_paper")["agrees"] is False
 
     same = weight_table(*weighted_case(0.45, 0.45, n=20), n_boot=300)
-    row = same.sel(definition="void")
+    row = same.sel(definition="void_paper")
     assert row["ratio_low"] < 1 < row["ratio_high"]
-    record = verdict(same, "void")
+    record = verdict(same, "void_paper")
     assert record["outcome"] == "inconclusive" and record["agrees"] is None
     assert record["ci_low"] < 1.0 < record["ci_high"]
 
@@ -293,10 +297,10 @@ def test_verdicts_agree_disagree_inconclusive():
     void = np.zeros((10, 4), bool)
     void[:, 0] = True
     voids_only = weight_table(scores, membership_for(void, np.zeros_like(void)), n_boot=50)
-    record = verdict(voids_only, "cluster")
+    record = verdict(voids_only, "cluster_paper")
     assert record["outcome"] == "no_groups" and record["agrees"] is None
     assert record["n_groups"] == 0 and record["ratio"] is None and voids_only.attrs["n_maps"] == 10
-    assert np.isnan(voids_only["mean_weight"].sel(definition="cluster")).all()
+    assert np.isnan(voids_only["mean_weight"].sel(definition="cluster_paper")).all()
     with pytest.raises(InputError, match="not among"):
         verdict(agree, "filament")
 
@@ -305,13 +309,13 @@ def test_verdict_undefined_ratio_and_kinds_without_expectation():
     scores, member = weighted_case(0.6, 0.3, n=20)
     scores[:, 0, 1] = 0.0  # the void gets no weight for s8: the Om/s8 ratio is infinite
     table = weight_table(scores, member, n_boot=50)
-    record = verdict(table, "void")
+    record = verdict(table, "void_paper")
     assert record["outcome"] == "undefined" and record["agrees"] is None
     assert record["ratio"] is None and record["n_groups"] == 20
     # a kind the paper says nothing about: numbers, but no expectation
     agree = weight_table(*weighted_case(0.6, 0.3), n_boot=300)
     kinds = ["filament" if k == "void" else k for k in agree["kind"].values]
-    record = verdict(agree.assign_coords(kind=("definition", kinds)), "void")
+    record = verdict(agree.assign_coords(kind=("definition", kinds)), "void_paper")
     assert record["outcome"] == "no_expectation" and record["agrees"] is None
     assert record["expected_heavier"] is None and record["ci_low"] > 1.0
 
@@ -320,16 +324,18 @@ def test_nonzero_only_and_class_weights():
     scores, member = weighted_case(0.6, 0.3, n=10)
     scores[:, 2:, 0] = 0.0  # Om uses only the void and the cluster
     scores[:, :, 0] /= scores[:, :, 0].sum(1, keepdims=True)
-    w_all = class_weights(scores, member, "void", 0)
+    w_all = class_weights(scores, member, "void_paper", 0)
     assert w_all.shape == (10,)
-    neither = ~member.sel(definition="void").values & ~member.sel(definition="cluster").values
+    neither = (
+        ~member.sel(definition="void_paper").values & ~member.sel(definition="cluster_paper").values
+    )
     assert (scores[..., 0][neither] == 0).all()
     full = weight_table(scores, member, n_boot=50)
     used = weight_table(scores, member, nonzero_only=True, n_boot=50)
     assert full.attrs["nonzero_only"] == 0 and used.attrs["nonzero_only"] == 1
     np.testing.assert_allclose(full["mean_weight_all"], [0.25, 0.25])
     np.testing.assert_allclose(used["mean_weight_all"].sel(output="Om"), 0.5)  # 2 groups used
-    assert (used["n_groups"].sel(definition="void") == 10).all()
+    assert (used["n_groups"].sel(definition="void_paper") == 10).all()
 
 
 # ------------------------------------------------------------------------------------------
@@ -433,9 +439,14 @@ def test_vectorised_statistics_equal_loops():
     for i in range(n):
         for o in range(2):
             chosen = stats["sample"].values * 2 + stats["output"].values == i * 2 + o
-            means = stats["mean_sigma"].values[chosen]
-            voids, clusters = np.sum(means < 0), np.sum(means > 2)
-            np.testing.assert_allclose(purity[i, o], max(voids, clusters) / means.size)
+            # the authors' fraction rules: >= 60 % of the pixels below 0, >= 1.5 % above 3 sigma
+            below = stats["fraction_below"].sel(below_sigma=0.0).values[chosen]
+            above = stats["fraction_above"].sel(above_sigma=3.0).values[chosen]
+            voids, clusters = np.sum(below >= 0.6), np.sum(above >= 0.015)
+            both = np.sum((below >= 0.6) & (above >= 0.015))  # counts as neither
+            np.testing.assert_allclose(
+                purity[i, o], max(voids - both, clusters - both) / below.size
+            )
 
 
 def test_vectorised_weights_and_top_groups_equal_loops():
@@ -448,7 +459,7 @@ def test_vectorised_weights_and_top_groups_equal_loops():
     scores[scores < 0.15] = 0.0
     valid = rng.random((n, m)) < 0.9
     table = weight_table(scores, member, valid=valid, n_boot=20)
-    for name in ("void", "cluster"):
+    for name in ("void_paper", "cluster_paper"):
         d = member.sel(definition=name).values
         for o, output in enumerate(("Om", "s8")):
             weights = [

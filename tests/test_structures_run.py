@@ -22,9 +22,11 @@ def _config(seed: int = 0, **structures) -> dict:
 
 
 def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tmp_path):
-    tmp, patches, _, explanations = science_runs
+    tmp, patches, segments, explanations = science_runs
     config = _config(seed=1, n_boot=200)
-    result = run(config, explanations=explanations, patches=patches, out_dir=tmp_path)
+    result = run(
+        config, explanations=explanations, patches=patches, out_dir=tmp_path, segments=segments
+    )
 
     for name in (
         "weights.csv",
@@ -58,18 +60,34 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
         assert float(row["ci_low"]) <= float(row["mean_weight"]) <= float(row["ci_high"])
 
     # 16 x 16 patches of 25 % groups: nothing averages above 2 sigma, the class is empty.
-    cluster = next(r for r in rows if r["definition"] == "cluster")
+    cluster = next(r for r in rows if r["definition"] == "cluster_paper")
     assert int(cluster["n_groups"]) == 0 and cluster["mean_weight"] == "nan"
     saved = json.loads((tmp_path / "verdicts.json").read_text())
     assert [v["definition"] for v in saved["verdicts"]] == names
     assert saved["verdicts"] == result["verdicts"]
     verdicts = {v["definition"]: v for v in saved["verdicts"]}
-    assert verdicts["cluster"]["outcome"] == "no_groups" and verdicts["cluster"]["ratio"] is None
-    assert isinstance(verdicts["void"]["ratio"], float)
-    assert verdicts["void"]["outcome"] in ("agrees", "disagrees", "inconclusive")
+    cluster, void = verdicts["cluster_paper"], verdicts["void_paper"]
+    assert cluster["outcome"] == "no_groups" and cluster["ratio"] is None
+    assert cluster["finding"] is False
+    assert isinstance(void["ratio"], float)
+    assert void["outcome"] in ("agrees", "disagrees", "inconclusive")
     assert saved["outputs"] == ["Om", "s8"] and saved["confidence"] == 0.95
-    assert (saved["n_boot"], saved["seed"], saved["bootstrap_blocks"]) == (200, 1, "map")
-    assert saved["weights"]["cluster"]["Om"]["mean_weight"] is None
+    # the default bootstrap resamples whole cosmologies, and verdicts.json says so
+    assert (saved["n_boot"], saved["seed"], saved["bootstrap_blocks"]) == (200, 1, "cosmology")
+    assert saved["n_blocks"] == len(set(ds.cosmology.values)) < saved["n_maps"]
+    assert saved["weights"]["cluster_paper"]["Om"]["mean_weight"] is None
+    # every verdict carries the three nulls; uniform scores weigh Om and s8 alike (ratio 1)
+    assert saved["nulls"] == ["initial", "uniform", "random"]
+    for record in saved["verdicts"]:
+        assert set(record["nulls"]) == {"initial", "uniform", "random"}
+        assert isinstance(record["finding"], bool)
+        if record["finding"]:
+            assert record["outcome"] in ("agrees", "disagrees")
+            assert all(n["excluded"] for n in record["nulls"].values())
+    assert void["nulls"]["uniform"]["ratio"] == pytest.approx(1.0)
+    assert void["nulls"]["uniform"]["n_groups"] == void["n_groups"]
+    assert set(saved["null_weights"]) == {"initial", "uniform", "random"}
+    assert "initial" in saved["null_notes"]
     assert saved["n_maps"] == ds.sizes["sample"] == result["n_maps"]
 
     purity = json.loads((tmp_path / "purity_sop.json").read_text())["purity"]
@@ -81,17 +99,19 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
 def test_structure_analysis_with_own_definitions_and_cosmology_blocks(science_runs, tmp_path):
     _, patches, _, explanations = science_runs
     definitions = [
-        {"name": "void", "kind": "void", "mean_below": 0.0},
-        {"name": "cluster", "kind": "cluster", "mean_above": 0.0},
+        {"name": "void_authors", "kind": "void", "mean_below": 0.0},
+        {"name": "cluster_authors", "kind": "cluster", "mean_above": 0.0},
         {"name": "hot", "kind": "cluster", "fraction_above": 1.0, "min_fraction": 0.1},
     ]
-    config = _config(definitions=definitions, n_boot=100, bootstrap_blocks="cosmology")
+    config = _config(definitions=definitions, n_boot=100, bootstrap_blocks="map", nulls=["uniform"])
     result = run(config, explanations=explanations, patches=patches, out_dir=tmp_path, n_examples=1)
     assert len(read_csv_rows(tmp_path / "weights.csv")) == 6
-    assert result["weights"].attrs["n_blocks"] == 4  # the test split's cosmologies
+    n_maps = result["n_maps"]
+    assert result["weights"].attrs["n_blocks"] == n_maps  # the map bootstrap, an option
+    assert list(result["null_weights"]) == ["uniform"]  # no model needed for this null
     assert (tmp_path / "example_groups.png").is_file()
     assert not (tmp_path / "example_groups_2.png").exists()
-    with pytest.raises(InputError, match="'cluster'"):
+    with pytest.raises(InputError, match="'cluster_authors'"):
         config = _config(definitions=definitions[:1], n_boot=10)
         run(config, explanations=explanations, patches=patches, out_dir=tmp_path)
 
@@ -100,5 +120,10 @@ def test_structure_analysis_refuses_another_patch_store(science_runs, tmp_path):
     _, _, _, explanations = science_runs
     noisy, _ = write_stores(tmp_path, noise_level="stage3")
     with pytest.raises(InputError, match="noise_level"):
-        run(_config(n_boot=10), explanations=explanations, patches=noisy, out_dir=tmp_path / "out")
+        run(
+            _config(n_boot=10, nulls=[]),
+            explanations=explanations,
+            patches=noisy,
+            out_dir=tmp_path / "out",
+        )
     assert not (tmp_path / "out").exists()

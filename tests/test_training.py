@@ -381,3 +381,44 @@ def test_a_warm_up_of_one_step_starts_at_the_peak():
         optimisation.step((weight**2).sum())
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] < 1e-5
     assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # cosine decay from the peak
+
+
+def test_inverse_sqrt_schedule_warms_up_then_decays_as_one_over_root_step():
+    from cosmo_sop.training.optimisation import Optimisation
+
+    weight = nn.Parameter(torch.ones(2, 2))
+    cfg = {
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "schedule": "inverse_sqrt",
+        "warmup_fraction": 0.1,
+        "epochs": 4,
+        "grad_clip_norm": None,
+    }
+    optimisation = Optimisation([weight], cfg, 25, torch.device("cpu"), None)  # 10 warm-up steps
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimisation.lr)
+        optimisation.step((weight**2).sum())
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
+    assert lrs[39] == pytest.approx(1e-3 * (10 / 40) ** 0.5)  # step 40: half the peak
+    assert lrs[-1] == pytest.approx(1e-3 * (10 / 100) ** 0.5)  # far from 0, unlike one-cycle
+    # The schedule resumes from its state.
+    resumed = Optimisation([weight], cfg, 25, torch.device("cpu"), None)
+    resumed.load_state_dict(optimisation.state_dict())
+    assert resumed.lr == pytest.approx(optimisation.lr)
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.2, 0.2), (0.5, 0.75)])
+def test_random_masks_keep_a_fraction_of_cells_between_the_bounds(low, high):
+    from cosmo_sop.training.augment import mask_random_groups
+
+    kappa = torch.ones(200, 1, 28, 28)
+    batch = mask_random_groups(
+        {"kappa": kappa}, torch.Generator().manual_seed(0), 1.0, 14, low, high
+    )
+    kept = (batch["kappa"] != 0).float().mean(dim=(1, 2, 3))  # 2 x 2 pixels per cell
+    assert torch.all(kept >= low - 1 / 196) and torch.all(kept <= high + 1 / 196)
+    if low == high:
+        assert torch.all(kept == 40 / 196)  # ceil(0.2 x 196) cells, as SOP's groups

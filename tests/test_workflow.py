@@ -134,6 +134,13 @@ def test_demo_workflow_end_to_end(tmp_path):
             assert metrics["noise_level"] == level
             assert metrics["n_test_maps"] > 0 and set(metrics["mse"]) == {"Om", "s8"}
             assert (results / level / "figures" / f"training_{model}.png").stat().st_size > 10_000
+    # SOP's floor and its interval against the backbone; the tau sweep on the first level only.
+    sop_metrics = json.loads((results / "noiseless/models/sop/test_metrics.json").read_text())
+    assert set(sop_metrics["floor"]["uniform_average"]) == {"Om", "s8"}
+    assert sop_metrics["versus_backbone"]["n_cosmologies"] >= 1
+    sweep = json.loads((results / "noiseless/models/sop_tau0.5/test_metrics.json").read_text())
+    assert sweep["groups"]["keep_fraction"] == 0.5 and 0 < sweep["groups"]["sparsity"]["Om"] <= 1
+    assert not (results / "noisy" / "models" / "sop_tau0.5").exists()
     # The science per level, and the report that gathers it.
     for level in ("noiseless", "noisy"):
         explanations = xr.open_zarr(results / level / "explanations.zarr")
@@ -144,6 +151,7 @@ def test_demo_workflow_end_to_end(tmp_path):
         assert summary
     page = (results / "report.html").read_text()
     assert "noiseless" in page and "noisy" in page and "data:image/png;base64" in page
+    assert "The floor under SOP" in page and "Group size against error and sparsity" in page
     sop = load_sop(results / "noisy" / "models" / "sop")
     segments = xr.open_zarr(results / "noisy" / "segments.zarr").segments.values[:3]
     noisy = xr.open_zarr(results / "noisy" / "patches.zarr").kappa.values[:3]

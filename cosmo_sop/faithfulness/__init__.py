@@ -6,8 +6,10 @@ Sum-of-Parts, its groups): insertion and deletion curves, pixel by pixel or by g
 sparsity of group attributions, all in one stream of model calls
 (:mod:`~cosmo_sop.faithfulness.metrics`, on the engine of :mod:`~cosmo_sop.faithfulness.engine`),
 with their records (:mod:`~cosmo_sop.faithfulness.results`), the substrates and rankings they
-perturb with, and the table of several methods with its CSV
-(:mod:`~cosmo_sop.faithfulness.table`). The workflow's ``faithfulness`` step, which scores SOP
+perturb with (:mod:`~cosmo_sop.faithfulness.ranks`: |attribution| ranking, seeded ties, per-token
+aggregation, sparsity), the table of several methods with its CSV
+(:mod:`~cosmo_sop.faithfulness.table`) and the per-map scores with their cosmology-bootstrap
+summary (:mod:`~cosmo_sop.faithfulness.summary`). The workflow's ``faithfulness`` step, which scores SOP
 against the baselines of :mod:`cosmo_sop.attribution`, is :mod:`cosmo_sop.faithfulness.run`
 (not imported here: it reads stores and trained models).
 """
@@ -23,7 +25,14 @@ from cosmo_sop.faithfulness.metrics import (
     kept_features_mse,
     sop_sparsity,
 )
-from cosmo_sop.faithfulness.ranks import group_scores_from_importance, pixel_ranks
+from cosmo_sop.faithfulness.ranks import (
+    group_scores_from_importance,
+    mass_fraction,
+    pixel_ranks,
+    ranking_importance,
+    tie_order,
+    token_aggregate,
+)
 from cosmo_sop.faithfulness.results import (
     BETTER,
     DELETION,
@@ -39,11 +48,13 @@ from cosmo_sop.faithfulness.results import (
     kept_mse_name,
 )
 from cosmo_sop.faithfulness.substrates import make_substrate
+from cosmo_sop.faithfulness.summary import Entry, per_map_scores, summarise, write_summary_csv
 from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
 
 __all__ = [
     "BETTER",
     "DEFAULT_FRACTIONS",
+    "Entry",
     "DELETION",
     "GROUPED_DELETION",
     "GROUPED_INSERTION",
@@ -63,7 +74,14 @@ __all__ = [
     "kept_features_mse",
     "kept_mse_name",
     "make_substrate",
+    "mass_fraction",
+    "per_map_scores",
     "pixel_ranks",
+    "ranking_importance",
     "sop_sparsity",
+    "summarise",
+    "tie_order",
+    "token_aggregate",
+    "write_summary_csv",
     "write_table_csv",
 ]

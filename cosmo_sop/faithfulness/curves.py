@@ -63,12 +63,17 @@ class PixelCurves:
     """Builder of the pixel insertion and deletion curves of one output."""
 
     def __init__(
-        self, importance: Tensor, output: int, fractions: np.ndarray, n_pixels: int
+        self,
+        importance: Tensor,
+        output: int,
+        fractions: np.ndarray,
+        n_pixels: int,
+        tie_seed: int | None = None,
     ) -> None:
         self.output = output
         self.fractions = fractions
         self.counts = pixel_counts(fractions, n_pixels)
-        ranks = pixel_ranks(importance)
+        ranks = pixel_ranks(importance, tie_seed)
         self.plans = [rank_plan(ranks, self.counts, True), rank_plan(ranks, self.counts, False)]
         self.pixel_fraction = np.tile(self.counts / n_pixels, (importance.shape[0], 1))
 
@@ -130,6 +135,7 @@ def insertion_deletion(
     normalise: Normalise = "pooled",
     max_batch: int = 256,
     progress: bool = True,
+    tie_seed: int | None = None,
 ) -> CurvePair:
     """Pixel insertion and deletion curves of one output.
 
@@ -143,7 +149,8 @@ def insertion_deletion(
         Inputs (N, C, H, W).
     importance
         (N, H, W) pixel importance for ``output`` (reduce per-bin attributions first); larger is
-        more important, ties go to the earlier pixel in row-major order.
+        more important; ties as in :func:`~cosmo_sop.faithfulness.ranks.pixel_ranks` with
+        ``tie_seed``.
     output
         Output column scored (0 = Omega_m, 1 = sigma_8).
     fractions
@@ -162,6 +169,8 @@ def insertion_deletion(
         Most perturbed maps per model call.
     progress
         Show a tqdm bar over model calls.
+    tie_seed
+        Seed of the random order that breaks ties of ``importance``; None: row-major order.
 
     Returns
     -------
@@ -172,7 +181,7 @@ def insertion_deletion(
     output = output_index(output)
     n_pixels = x.shape[2] * x.shape[3]
     builder = PixelCurves(
-        checked_importance(importance, x), output, checked_fractions(fractions), n_pixels
+        checked_importance(importance, x), output, checked_fractions(fractions), n_pixels, tie_seed
     )
     (pair,) = run_builders(
         predict,

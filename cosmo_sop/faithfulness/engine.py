@@ -75,7 +75,9 @@ def evaluate(
     """Predictions on every row of every plan, as float64 arrays (N, S, n_outputs) per plan.
 
     The rows of all plans form one stream cut into batches of at most ``max_batch``, so a batch
-    may mix plans; the perturbed maps of a batch are built in one vectorised step.
+    may mix plans; the perturbed maps of a batch are built in one vectorised step. A ``predict``
+    with a true attribute ``takes_maps`` is called as ``predict(batch, maps)``, ``maps`` (R,)
+    the index of the map each row perturbs (e.g. to look up that map's segments).
     """
     check_predict(predict)
     n_maps = x.shape[0]
@@ -88,7 +90,7 @@ def evaluate(
     with torch.inference_mode():
         for start in bar:
             stop = min(start + max_batch, total)
-            parts, spans = [], []
+            parts, spans, rows_of = [], [], []
             for index, plan in enumerate(plans):
                 low, high = max(start, offsets[index]), min(stop, offsets[index + 1])
                 if low >= high:
@@ -99,8 +101,13 @@ def evaluate(
                 shown, hidden = (x, substrate) if plan.insert else (substrate, x)
                 parts.append(torch.where(changed, shown[maps], hidden[maps]))
                 spans.append((index, low - offsets[index], high - offsets[index]))
+                rows_of.append(maps)
             batch = parts[0] if len(parts) == 1 else torch.cat(parts)
-            predicted = torch.as_tensor(predict(batch))
+            if getattr(predict, "takes_maps", False):
+                # A model that needs per-map side inputs (SOP's segments) gets the map indices.
+                predicted = torch.as_tensor(predict(batch, torch.cat(rows_of)))
+            else:
+                predicted = torch.as_tensor(predict(batch))
             expected_rows = predicted.ndim == 2 and predicted.shape[0] == batch.shape[0]
             if not (expected_rows and predicted.shape[1] > max_output):
                 raise ValueError(

@@ -64,14 +64,20 @@ class KeptBuilder:
     """Builder of the kept-features MSE of one output."""
 
     def __init__(
-        self, importance: Tensor, output: int, keep_fraction: float, n_pixels: int
+        self,
+        importance: Tensor,
+        output: int,
+        keep_fraction: float,
+        n_pixels: int,
+        tie_seed: int | None = None,
     ) -> None:
         if not 0.0 < keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must lie in (0, 1], got {keep_fraction!r}")
         self.output = output
         self.keep_fraction = float(keep_fraction)
         self.n_kept = int(pixel_counts(keep_fraction, n_pixels))
-        self.plans = [rank_plan(pixel_ranks(importance), np.array([self.n_kept]), True)]
+        ranks = pixel_ranks(importance, tie_seed)
+        self.plans = [rank_plan(ranks, np.array([self.n_kept]), True)]
 
     def finish(self, scoring: Scoring, predictions: list[np.ndarray]) -> KeptFeatures:
         if scoring.labels is None:
@@ -190,6 +196,7 @@ def faithfulness_metrics(
     normalise: Normalise = "pooled",
     max_batch: int = 256,
     progress: bool = True,
+    tie_seed: int | None = None,
 ) -> Metrics:
     """All faithfulness metrics of one attribution method, for several outputs, in one stream.
 
@@ -217,7 +224,7 @@ def faithfulness_metrics(
         As ``reduce`` in :func:`~cosmo_sop.faithfulness.ranks.group_scores_from_importance`.
     keep_fraction
         As in :func:`kept_features_mse` (None: the config schema's ``evaluation.keep_fraction``).
-    fractions, substrate, blur_sigma, reference, error, normalise, max_batch, progress
+    fractions, substrate, blur_sigma, reference, error, normalise, max_batch, progress, tie_seed
         As in :func:`~cosmo_sop.faithfulness.curves.insertion_deletion`.
 
     Returns
@@ -246,6 +253,7 @@ def faithfulness_metrics(
         valid,
         group_scores,
         group_reduce,
+        tie_seed,
     )
     results = run_builders(
         predict,
@@ -329,6 +337,7 @@ def _builders(
     valid: Tensor | None,
     group_scores: Tensor | None,
     group_reduce: GroupReduce,
+    tie_seed: int | None,
 ) -> tuple[list[Builder], list[tuple[str, tuple[str, ...]]]]:
     """The builders of every output, with (output name, names of their results), in order."""
     n_pixels = x.shape[2] * x.shape[3]
@@ -336,9 +345,9 @@ def _builders(
     keys = []
     for output, name in zip(outputs, output_names, strict=True):
         pixel_importance = checked_importance(importance[:, output], x, f"importance[:, {output}]")
-        builders.append(PixelCurves(pixel_importance, output, fractions, n_pixels))
+        builders.append(PixelCurves(pixel_importance, output, fractions, n_pixels, tie_seed))
         keys.append((name, (INSERTION, DELETION)))
-        builders.append(KeptBuilder(pixel_importance, output, keep_fraction, n_pixels))
+        builders.append(KeptBuilder(pixel_importance, output, keep_fraction, n_pixels, tie_seed))
         keys.append((name, (kept_mse_name(keep_fraction),)))
         if masks is not None:
             if group_scores is None:

@@ -38,6 +38,11 @@ class Settings:
     seed: int
     definitions: tuple[StructureDefinition, ...]
     n_boot: int
+    ranking: str
+    token_reduce: str
+    sparsity_mass: float
+    n_fractions: int
+    own_model: bool
 
 
 def settings_of(
@@ -50,10 +55,13 @@ def settings_of(
     definitions: Sequence[Mapping[str, Any] | StructureDefinition] | None,
     n_boot: int | None,
     segments_store: str | os.PathLike | None,
+    **scoring: Any,
 ) -> Settings:
     """The options of :func:`~cosmo_sop.faithfulness.run.faithfulness_evaluation`, checked,
     None filled with the schema's default; the methods that need the segments store are
-    skipped, with a warning, without it.
+    skipped, with a warning, without it. ``scoring`` holds the other keys of ``evaluation``
+    (``ranking``, ``token_reduce``, ``sparsity_mass``, ``n_fractions``, ``own_model``), None
+    for the schema's default; ``n_boot`` is ``evaluation.n_boot``.
 
     Raises
     ------
@@ -88,8 +96,29 @@ def settings_of(
         keep_fraction=evaluation["keep_fraction"] if keep_fraction is None else keep_fraction,
         seed=seed,
         definitions=definitions,
-        n_boot=defaults("structures")["n_boot"] if n_boot is None else n_boot,
+        n_boot=evaluation["n_boot"] if n_boot is None else n_boot,
+        **_scoring(evaluation, scoring),
     )
+
+
+def _scoring(evaluation: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The scoring keys of ``evaluation``, None or missing filled from the schema, checked."""
+    keys = ("ranking", "token_reduce", "sparsity_mass", "n_fractions", "own_model")
+    unknown = sorted(set(given) - set(keys))
+    if unknown:
+        raise InputError("faithfulness options", f"unknown {unknown}; valid: {list(keys)}")
+    out = {k: evaluation[k] if given.get(k) is None else given[k] for k in keys}
+    choices = {"ranking": ("absolute", "signed"), "token_reduce": ("mean", "sum")}
+    for key, valid in choices.items():
+        if out[key] not in valid:
+            raise InputError(f"argument {key!r}", f"must be one of {valid}, got {out[key]!r}")
+    if not 0.0 < float(out["sparsity_mass"]) <= 1.0:
+        raise InputError(
+            "argument 'sparsity_mass'", f"must be in (0, 1], got {out['sparsity_mass']!r}"
+        )
+    if int(out["n_fractions"]) < 2:
+        raise InputError("argument 'n_fractions'", f"must be >= 2, got {out['n_fractions']!r}")
+    return out
 
 
 def _check_methods(methods: Sequence[str]) -> list[str]:

@@ -1,32 +1,41 @@
 """The ``faithfulness`` step of one noise level: SOP's groups against post-hoc attributions.
 
 Every method ranks the pixels of each map for each output (Omega_m: target 0, sigma_8: target
-1): SOP by the summed weights of the groups holding a pixel
-(:func:`cosmo_sop.attribution.group_pixel_importance`), a baseline by its attribution summed
-over bins (:func:`cosmo_sop.attribution.pixel_importance`, signed). The *backbone* is the model
-under test for every method (X-Gradient explains the X-DNN twin but is scored on the backbone
-like the others), fed maps with pixels set to 0 (kappa's mean). On a seeded random subset of
-the explained maps the step scores insertion / deletion, grouped insertion / deletion, the MSE
-of the backbone fed only its top 20 % of pixels, purity (:mod:`cosmo_sop.structures.purity`)
-and sparsity, and writes into the science folder (:mod:`cosmo_sop.layout`):
+1), by the magnitude of its attribution by default (:mod:`~cosmo_sop.faithfulness.importances`;
+``evaluation.ranking``), ties broken by a seeded random pixel order shared by all methods. Each
+method is scored as several *entries* (:class:`~cosmo_sop.faithfulness.summary.Entry`):
 
-- ``faithfulness.zarr``: the table, variables ``Om`` and ``s8`` with dims (metric,
-  attribution): rows "MSE top-20%" (lower is better; standardised units), "Ins" (lower),
-  "InsG" (lower), "Del" (higher), "DelG" (higher), "purity" (higher), "sparsity" (fraction of
-  the map with non-zero importance; lower is sparser); coordinate ``better``. Attributes:
-  ``n_maps``, ``store_index`` (JSON list of the patch-store rows evaluated), ``seed``,
-  ``keep_fraction``, ``predictor``, ``skipped`` (JSON: method -> reason), ``method_options``
-  (JSON), ``sop_groups`` (JSON: mean number of groups with non-zero weight per output),
-  ``noise_level``, ``explanations_store``, ``backbone_dir``;
-- ``faithfulness.csv``: the same table (:func:`~cosmo_sop.faithfulness.table.write_table_csv`);
-- ``purity.csv``: mean purity per method and output with bootstrap intervals;
-- ``faithfulness_curves.png`` / ``.pdf``: the curves (optional).
+- SOP (token resolution: its groups are unions of tokens) on the backbone, and on the SOP
+  model itself (``SumOfParts.forward`` of the perturbed maps; ``evaluation.own_model``);
+- every baseline per pixel and per token (its importance averaged over each of SOP's cells or
+  segments, ``evaluation.token_reduce``), on the backbone; X-Gradient also on the X-DNN it
+  explains.
+
+Metrics: the MSE of the scoring model fed only its top 20 % of pixels, insertion / deletion
+(``evaluation.n_fractions`` positions), grouped insertion / deletion over SOP's groups (on the
+backbone only; a token entry's group order equals its pixel entry's under ``mean``
+aggregation, so it is copied), purity (:mod:`cosmo_sop.structures.purity`) and sparsity (the
+fraction of pixels holding ``evaluation.sparsity_mass`` of the |attribution| mass, the same
+definition for all). Pixels are set to 0 (kappa's mean). Outputs in the science folder
+(:mod:`cosmo_sop.layout`):
+
+- ``faithfulness.zarr``: ``score`` (sample, entry, metric, output), the per-map scores, with the
+  ``cosmology`` and ``store_index`` of every sample; the summary (entry, metric, output):
+  ``mean``, ``ci_low``, ``ci_high``, ``n_maps``, ``sop_minus`` (paired difference SOP − entry)
+  with ``diff_ci_low`` / ``diff_ci_high``, from a bootstrap over cosmologies
+  (:mod:`cosmo_sop.statistics`); coordinates ``method``, ``resolution``, ``scorer`` (entry) and
+  ``better`` (metric). Attributes: ``n_maps``, ``n_cosmologies``, ``n_boot``, ``seed``,
+  ``keep_fraction``, ``ranking``, ``token_reduce``, ``sparsity_mass``, ``skipped``,
+  ``method_options``, ``noise_level``, ``explanations_store``, ``backbone_dir``;
+- ``faithfulness.csv``: the summary, one row per entry, output and metric
+  (:func:`~cosmo_sop.faithfulness.summary.write_summary_csv`);
+- ``purity.csv``: mean purity per method and output with intervals (cosmologies resampled);
+- ``faithfulness_curves.png`` / ``.pdf``: the curves of the backbone-scored entries (optional).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,13 +43,18 @@ from typing import Any
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
-from cosmo_sop.attribution.registry import SOP, attribute, group_pixel_importance, pixel_importance
 from cosmo_sop.explain import open_explanations, patches_for
-from cosmo_sop.faithfulness.loading import Maps, Models, chosen_maps, load_models
+from cosmo_sop.faithfulness.importances import (
+    baseline_importance,
+    sop_importance,
+    sop_sparsity_map,
+    token_map,
+)
+from cosmo_sop.faithfulness.loading import ChannelsLast, Maps, SOPScorer, chosen_maps, load_models
 from cosmo_sop.faithfulness.metrics import faithfulness_metrics
 from cosmo_sop.faithfulness.options import DEFAULT_METHODS, Settings, settings_of
+from cosmo_sop.faithfulness.ranks import mass_fraction, token_aggregate
 from cosmo_sop.faithfulness.results import (
     DELETION,
     GROUPED_DELETION,
@@ -49,19 +63,29 @@ from cosmo_sop.faithfulness.results import (
     SPARSITY,
     kept_mse_name,
 )
-from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
+from cosmo_sop.faithfulness.summary import (
+    BACKBONE,
+    PIXEL,
+    SOP,
+    SOP_MODEL,
+    TOKEN,
+    XDNN,
+    Entry,
+    scores_dataset,
+    write_purity_csv,
+    write_summary_csv,
+)
 from cosmo_sop.figures.faithfulness import plot_curves
 from cosmo_sop.layout import FAITHFULNESS_CSV, FAITHFULNESS_CURVES, FAITHFULNESS_STORE, PURITY_CSV
-from cosmo_sop.storage import json_text, write_csv, write_zarr
-from cosmo_sop.structures.classes import classify, group_statistics, sigma_map
+from cosmo_sop.storage import json_text, write_zarr
+from cosmo_sop.structures.classes import sigma_map
 from cosmo_sop.structures.definitions import StructureDefinition
-from cosmo_sop.structures.purity import cell_purity, purity_table, sop_purity
+from cosmo_sop.structures.purity import cell_purity
 
 __all__ = ["DEFAULT_METHODS", "faithfulness_evaluation", "run"]
 
 PURITY = "purity"
-#: Rows of the table, after the kept-features MSE.
-ROWS = (INSERTION, GROUPED_INSERTION, DELETION, GROUPED_DELETION, PURITY, SPARSITY)
+GROUPED = (GROUPED_INSERTION, GROUPED_DELETION)
 
 
 def run(
@@ -73,23 +97,16 @@ def run(
     xdnn: str | os.PathLike | None,
     out_dir: str | os.PathLike,
     segments: str | os.PathLike | None = None,
+    sop: str | os.PathLike | None = None,
 ) -> xr.Dataset:
     """The ``faithfulness`` step of the workflow (see :func:`faithfulness_evaluation`).
 
-    Parameters
-    ----------
-    config
-        The validated workflow config: its ``evaluation`` section (``methods``, ``n_maps``,
-        ``keep_fraction``, ``n_samples``), ``structures.definitions`` and ``structures.n_boot``
-        (for purity), and the master ``seed``.
-    explanations, patches, segments
-        Explanation store, the patch store it explains, and that store's segmentation.
-    backbone, xdnn
-        Run folders of the backbone and of its X-DNN twin.
-    out_dir
-        The level's science folder.
+    ``config`` is the validated workflow config: its ``evaluation`` section,
+    ``structures.definitions`` (for purity) and the master ``seed``. ``sop`` is the SOP run
+    folder (default: the one the explanation store names).
     """
-    evaluation, structures = config["evaluation"], config["structures"]
+    evaluation = config["evaluation"]
+    keys = ("ranking", "token_reduce", "sparsity_mass", "n_fractions", "own_model")
     return faithfulness_evaluation(
         explanations,
         patches,
@@ -101,9 +118,12 @@ def run(
         n_maps=evaluation["n_maps"],
         keep_fraction=evaluation["keep_fraction"],
         n_samples=evaluation["n_samples"],
+        method_options=evaluation["method_options"],
         seed=config["seed"],
-        definitions=structures["definitions"],
-        n_boot=structures["n_boot"],
+        definitions=config["structures"]["definitions"],
+        n_boot=evaluation["n_boot"],
+        sop_dir=sop,
+        **{k: evaluation[k] for k in keys},
     )
 
 
@@ -122,52 +142,40 @@ def faithfulness_evaluation(
     seed: int | None = None,
     definitions: Sequence[Mapping[str, Any] | StructureDefinition] | None = None,
     n_boot: int | None = None,
+    sop_dir: str | os.PathLike | None = None,
     maps_per_call: int = 16,
-    max_batch: int = 256,
+    max_batch: int = 512,
     figures: bool = True,
+    **scoring: Any,
 ) -> xr.Dataset:
-    """Faithfulness of SOP's groups and of post-hoc attributions of the backbone, one table.
+    """Faithfulness of SOP's groups and of post-hoc attributions, per map and summarised.
 
-    The keys of the config (``methods``, ``n_maps``, ``keep_fraction``, ``n_samples`` of
-    ``evaluation``; ``definitions`` and ``n_boot`` of ``structures``; the master ``seed``)
-    default to the config schema's values when None.
+    The config keys (``methods``, ``n_maps``, ``keep_fraction``, ``n_samples``, ``n_boot`` and
+    the ``scoring`` keys ``ranking``, ``token_reduce``, ``sparsity_mass``, ``n_fractions``,
+    ``own_model`` of ``evaluation``; ``structures.definitions``; the master ``seed``) default to
+    the config schema's values when None (see the module docstring for what they do).
 
     Parameters
     ----------
     explanations_store, patches_store, segments_store
-        Explanation store, the patch store it explains, and that store's segmentation:
-        KernelSHAP and LIME attribute to its segments and are skipped (with a warning) without it.
-    backbone_dir, xdnn_dir
-        Run folders of the backbone that the SOP model wraps (checked through its label scaler,
-        which SOP reuses, and against the patch store) and of its X-DNN twin (for
-        ``"x_gradient"`` only).
+        Explanation store, its patch store and segmentation (KernelSHAP and LIME attribute to
+        segments and are skipped, with a warning, without it; SOP on segments needs it).
+    backbone_dir, xdnn_dir, sop_dir
+        Run folders of the backbone, its X-DNN twin (``"x_gradient"`` only) and the SOP model
+        (scored on itself with ``own_model``; None: the folder the store names).
     out_dir
-        Folder for the outputs (created); see the module docstring.
-    methods
-        ``"sop"`` and keys of :data:`cosmo_sop.attribution.METHODS`.
-    n_maps
-        Maps evaluated: a random subset of the explained maps fixed by ``seed`` (all if fewer).
-    keep_fraction
-        Fraction of pixels kept for the "MSE top-20%" row.
-    n_samples
-        Perturbed maps per map of KernelSHAP and LIME.
+        Folder for the outputs (created).
     method_options
-        Method -> keyword options of :func:`~cosmo_sop.attribution.attribute`, over
-        ``n_samples``; stochastic methods get ``seed`` unless given. Options of methods not in
-        ``methods`` are ignored (one config serves any choice of methods).
-    seed
-        Seed of the map subset, the stochastic methods and the bootstrap of ``purity.csv``.
-    definitions, n_boot
-        Structure definitions for purity, bootstrap replicates of its intervals.
+        Method -> keyword options of :func:`~cosmo_sop.attribution.attribute`.
     maps_per_call, max_batch
-        Maps per attribution call, perturbed maps per backbone call (both bound memory).
+        Maps per attribution call, perturbed maps per model call (both bound memory).
     figures
-        Draw ``faithfulness_curves.png`` (the slowest part for a few maps).
+        Draw ``faithfulness_curves.png``.
 
     Returns
     -------
     xarray.Dataset
-        The table written to ``faithfulness.zarr`` (see the module docstring).
+        What ``faithfulness.zarr`` holds.
     """
     settings = settings_of(
         methods,
@@ -179,139 +187,181 @@ def faithfulness_evaluation(
         definitions,
         n_boot,
         segments_store,
+        **scoring,
     )
     explained = open_explanations(explanations_store)
     data = patches_for(explained, explanations_store, patches_store, segments_store)
+    if settings.own_model and SOP in settings.methods and sop_dir is None:
+        sop_dir = explained.attrs.get("sop_dir") or None
+    tokens_of_sop = str(explained.attrs.get("tokens", "patches"))
+    if tokens_of_sop == "segments" and segments_store is None:
+        # Without the segments neither SOP on itself nor the per-token baselines can be run.
+        settings.skipped["per token, SOP on SOP"] = "SOP groups segments: needs the segments store"
+        sop_dir = None
+    own_sop = sop_dir if settings.own_model and SOP in settings.methods else None
     models = load_models(
-        backbone_dir, xdnn_dir, settings.methods, data, explained, explanations_store
+        backbone_dir, xdnn_dir, settings.methods, data, explained, explanations_store, own_sop
     )
     maps = chosen_maps(explained, data, models.scaler, settings)
-    importance = {
-        method: _importance(method, maps, models, settings.options.get(method, {}), maps_per_call)
-        for method in settings.methods
-    }
-    purities = _purities(maps, importance, settings)
-    results = _metrics(models.backbone, maps, importance, purities, settings, max_batch)
-    table = _assemble(results, settings.keep_fraction)
-    table.attrs.update(_attrs(results, maps, settings, explained, explanations_store, backbone_dir))
-    _write(table, results, purities, maps.outputs, settings, out_dir, figures)
+    partial = np.asarray(explained["partial"].isel(sample=maps.chosen).values, np.float64)
+    ranked, sparse = _importances(maps, models, settings, token_map(explained, maps), partial)
+    results = _score_entries(maps, models, ranked, settings, max_batch)
+    purities = _purities(maps, ranked, settings)
+    for entry, per_output in results.items():
+        for o, output in enumerate(maps.outputs):
+            per_output[output][PURITY] = purities[entry.method, entry.resolution][:, o]
+            per_output[output][SPARSITY] = sparse[entry.method, entry.resolution][:, o]
+    table = _dataset(results, maps, explained, settings)
+    # No wall-clock time in the store: a rerun under the same seed must write the same bytes.
+    table.attrs.update(_attrs(maps, settings, explained, explanations_store, backbone_dir))
+    _write(table, results, purities, maps, settings, out_dir, figures)
     return table
 
 
-def _importance(
-    method: str,
+def _importances(
     maps: Maps,
-    models: Models,
-    options: Mapping[str, Any],
-    maps_per_call: int,
-) -> np.ndarray:
-    """Pixel importance (N, n_outputs, H, W) float64 of one method."""
-    n_outputs = len(maps.outputs)
-    if method == SOP:
-        return np.stack(
-            [
-                group_pixel_importance(maps.masks, maps.scores[..., o]).numpy()
-                for o in range(n_outputs)
-            ],
-            axis=1,
-        )
-    model = models.xdnn if method == "x_gradient" else models.backbone
-    x, segments = maps.x, maps.segments
-    out = np.empty((x.shape[0], n_outputs, *x.shape[2:]), dtype=np.float64)
-    starts = range(0, x.shape[0], maps_per_call)
-    with tqdm(total=len(starts) * n_outputs, desc=method, unit="call") as bar:
-        for start in starts:
-            here = slice(start, start + maps_per_call)
-            for o in range(n_outputs):
-                labels = None if segments is None else segments[here]
-                attribution = attribute(method, model, x[here], o, labels, **options)
-                out[here, o] = pixel_importance(attribution).numpy()
-                bar.update()
-    return out
+    models: Any,
+    settings: Settings,
+    tokens: torch.Tensor | None,
+    partial: np.ndarray,
+) -> tuple[dict[tuple[str, str], np.ndarray], dict[tuple[str, str], np.ndarray]]:
+    """(method, resolution) -> ranking map (N, n_outputs, H, W), and -> sparsity (N, n_out)."""
+    ranked, sparse = {}, {}
+    mass = settings.sparsity_mass
+    for method in settings.methods:
+        if method == SOP:
+            ranked[SOP, TOKEN] = sop_importance(maps)
+            sparse[SOP, TOKEN] = _per_output(mass_fraction, sop_sparsity_map(maps, partial), mass)
+            continue
+        options = settings.options.get(method, {})
+        pixel = baseline_importance(method, maps, models, options, settings.ranking, 16)
+        token = None
+        if tokens is not None:
+            token = np.stack(
+                [
+                    token_aggregate(pixel[:, o], tokens, settings.token_reduce).numpy()
+                    for o in range(pixel.shape[1])
+                ],
+                axis=1,
+            )
+        resolutions = ((PIXEL, pixel),) if token is None else ((PIXEL, pixel), (TOKEN, token))
+        for resolution, importance in resolutions:
+            ranked[method, resolution] = importance
+            sparse[method, resolution] = _per_output(mass_fraction, importance, mass)
+    return ranked, sparse
 
 
-def _purities(
-    maps: Maps, importance: Mapping[str, np.ndarray], settings: Settings
-) -> dict[str, np.ndarray]:
-    """Purity (N, n_outputs) per method: SOP's top groups, each pixel method's cells of top pixels."""
-    definitions = settings.definitions
-    sigma = sigma_map(maps.x.numpy())
-    stats = group_statistics(sigma, maps.masks, maps.valid, definitions)
-    membership = classify(stats, definitions)
-    return {
-        method: sop_purity(maps.scores, membership, maps.valid)
-        if method == SOP
-        else cell_purity(sigma, importance[method], definitions)
-        for method in settings.methods
-    }
+def _per_output(function: Any, importance: np.ndarray, *args: Any) -> np.ndarray:
+    """``function(importance[:, o], *args)`` for every output, stacked to (N, n_outputs)."""
+    return np.stack([function(importance[:, o], *args) for o in range(importance.shape[1])], 1)
 
 
-def _metrics(
-    backbone: torch.nn.Module,
+def _entries(settings: Settings, models: Any) -> list[tuple[Entry, Any, bool]]:
+    """Every entry with its scoring model and whether it scores the grouped curves."""
+    backbone = ChannelsLast(models.backbone)
+    entries = []
+    for method in settings.methods:
+        if method == SOP:
+            entries.append((Entry(SOP, TOKEN, BACKBONE), backbone, True))
+            if models.sop is not None:
+                entries.append((Entry(SOP, TOKEN, SOP_MODEL), None, False))
+            continue
+        # Under mean aggregation a token entry orders SOP's groups as its pixel entry does.
+        token_grouped = settings.token_reduce != "mean"
+        entries.append((Entry(method, PIXEL, BACKBONE), backbone, True))
+        entries.append((Entry(method, TOKEN, BACKBONE), backbone, token_grouped))
+        if method == "x_gradient" and settings.own_model and models.xdnn is not None:
+            xdnn = ChannelsLast(models.xdnn)
+            entries.append((Entry(method, PIXEL, XDNN), xdnn, False))
+            entries.append((Entry(method, TOKEN, XDNN), xdnn, False))
+    return entries
+
+
+def _score_entries(
     maps: Maps,
-    importance: Mapping[str, np.ndarray],
-    purities: Mapping[str, np.ndarray],
+    models: Any,
+    ranked: Mapping[tuple[str, str], np.ndarray],
     settings: Settings,
     max_batch: int,
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{method: {output: {metric: result}}}``: the faithfulness metrics, purity, sparsity."""
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    for method in settings.methods:
-        sop = method == SOP
-        results[method] = faithfulness_metrics(
-            backbone,
+) -> dict[Entry, dict[str, dict[str, Any]]]:
+    """``{entry: {output: {metric: result}}}``: the model-scored metrics of every entry."""
+    results: dict[Entry, dict[str, dict[str, Any]]] = {}
+    fractions = np.linspace(0.0, 1.0, settings.n_fractions)
+    for entry, scorer, grouped in _entries(settings, models):
+        if (entry.method, entry.resolution) not in ranked:
+            continue  # no token map (segment tokens without the segments store)
+        if scorer is None:  # SOP on itself, with the segments of every row in segments mode
+            scorer = SOPScorer(models.sop, maps.segments)
+        sop = entry.method == SOP
+        results[entry] = faithfulness_metrics(
+            scorer,
             maps.x,
-            importance[method],
+            ranked[entry.method, entry.resolution],
             maps.labels,
             outputs=range(len(maps.outputs)),
             output_names=maps.outputs,
-            masks=maps.masks,
-            group_scores=maps.scores if sop else None,
+            masks=maps.masks if grouped else None,
+            group_scores=maps.scores if sop and grouped else None,
             valid=maps.valid,
             keep_fraction=settings.keep_fraction,
-            max_batch=max_batch,
+            fractions=fractions,
+            max_batch=max_batch if scorer.__class__ is not SOPScorer else max_batch // 8,
             progress=True,
+            tie_seed=settings.seed,
         )
-        for o, output in enumerate(maps.outputs):
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-                results[method][output][PURITY] = float(np.nanmean(purities[method][:, o]))
-            if not sop:  # SOP's sparsity (the same fraction) comes from its groups
-                used = importance[method][:, o] != 0
-                results[method][output][SPARSITY] = float(used.mean(axis=(1, 2)).mean())
+        pixel_entry = Entry(entry.method, PIXEL, entry.scorer)
+        if not grouped and entry.resolution == TOKEN and pixel_entry in results:
+            for output, metrics in results[entry].items():
+                source = results[pixel_entry][output]
+                metrics.update({k: source[k] for k in GROUPED if k in source})
     return results
 
 
-def _assemble(results: Mapping[str, Any], keep_fraction: float) -> xr.Dataset:
-    """The 7-row table: kept MSE, (grouped) insertion and deletion, purity, sparsity."""
-    rows = [kept_mse_name(keep_fraction), *ROWS]
-    table = faithfulness_table(results).sel(metric=rows)
-    better = dict(zip(table["metric"].values, table["better"].values, strict=True))
-    better.update({PURITY: "higher", SPARSITY: "lower"})
-    return table.assign_coords(better=("metric", [better[m] for m in rows]))
+def _purities(
+    maps: Maps, ranked: Mapping[tuple[str, str], np.ndarray], settings: Settings
+) -> dict[tuple[str, str], np.ndarray]:
+    """Purity (N, n_outputs) of every (method, resolution) by one rule, SOP included: the
+    cells of its top pixels by the importance it is ranked by (SOP's group purity, which only
+    compares SOP with itself, is the structures step's ``purity_sop.json``)."""
+    sigma = sigma_map(maps.x.numpy())
+    return {
+        key: cell_purity(sigma, importance, settings.definitions)
+        for key, importance in ranked.items()
+    }
+
+
+def _dataset(
+    results: Mapping[Entry, Any], maps: Maps, explained: xr.Dataset, settings: Settings
+) -> xr.Dataset:
+    """Per-map scores and their summary (see the module docstring)."""
+    metrics = [kept_mse_name(settings.keep_fraction), INSERTION, *GROUPED[:1], DELETION]
+    metrics += [GROUPED_DELETION, PURITY, SPARSITY]
+    cosmologies = np.asarray(explained["cosmology"].isel(sample=maps.chosen).values)
+    return scores_dataset(
+        results, metrics, maps.outputs, cosmologies, maps.rows, settings.n_boot, settings.seed
+    )
 
 
 def _attrs(
-    results: Mapping[str, Any],
     maps: Maps,
     settings: Settings,
     explanations: xr.Dataset,
     explanations_store: str | os.PathLike,
     backbone_dir: str | os.PathLike,
 ) -> dict[str, Any]:
-    """The settings of the evaluation, for the attributes of the table."""
-    sop_groups = {}
-    if SOP in results:
-        sop_groups = {o: float(results[SOP][o][SPARSITY].mean_n_groups) for o in maps.outputs}
+    """The settings of the evaluation, for the attributes of the store."""
     return {
         "n_maps": int(maps.chosen.size),
-        "store_index": json_text(maps.rows.tolist(), indent=None),
+        "n_boot": int(settings.n_boot),
         "seed": int(settings.seed),
         "keep_fraction": float(settings.keep_fraction),
-        "predictor": "backbone (standardised outputs; masked pixels set to 0)",
+        "ranking": settings.ranking,
+        "token_reduce": settings.token_reduce,
+        "sparsity_mass": float(settings.sparsity_mass),
+        "n_fractions": int(settings.n_fractions),
+        "predictor": "per entry (coordinate scorer); masked pixels set to 0",
         "skipped": json_text(settings.skipped, indent=None),
         "method_options": json_text(settings.options, indent=None),
-        "sop_groups": json_text(sop_groups, indent=None),
         "noise_level": str(explanations.attrs.get("noise_level", "")),
         "explanations_store": str(Path(explanations_store).resolve()),
         "backbone_dir": str(Path(backbone_dir).resolve()),
@@ -320,29 +370,21 @@ def _attrs(
 
 def _write(
     table: xr.Dataset,
-    results: Mapping[str, Any],
-    purities: Mapping[str, np.ndarray],
-    outputs: list[str],
+    results: Mapping[Entry, Any],
+    purities: Mapping[tuple[str, str], np.ndarray],
+    maps: Maps,
     settings: Settings,
     out_dir: str | os.PathLike,
     figures: bool,
 ) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_table_csv(table, out_dir / FAITHFULNESS_CSV)
     write_zarr(table, out_dir / FAITHFULNESS_STORE)
-    purity = purity_table(purities, outputs, settings.n_boot, settings.seed)
-    _write_purity_csv(purity, out_dir / PURITY_CSV)
+    write_summary_csv(table, out_dir / FAITHFULNESS_CSV)
+    purity = {k: v for k, v in purities.items() if k[0] == SOP or k[1] == PIXEL}
+    write_purity_csv(
+        purity, maps.outputs, table, settings.n_boot, settings.seed, out_dir / PURITY_CSV
+    )
     if figures:
-        plot_curves(results, out_dir / FAITHFULNESS_CURVES)
-
-
-def _write_purity_csv(table: xr.Dataset, path: Path) -> Path:
-    """Mean purity per method and output with its interval (6 significant digits) and maps."""
-    rows = []
-    for method in table["method"].values:
-        for output in table["output"].values:
-            cell = table.sel({"method": method, "output": output})
-            values = (f"{float(cell[k]):.6g}" for k in ("purity", "ci_low", "ci_high"))
-            rows.append([method, output, *values, int(cell["n_maps"])])
-    return write_csv(path, ["method", "output", "purity", "ci_low", "ci_high", "n_maps"], rows)
+        curves = {e.key: r for e, r in results.items() if e.scorer == BACKBONE}
+        plot_curves(curves, out_dir / FAITHFULNESS_CURVES)

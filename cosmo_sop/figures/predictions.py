@@ -109,7 +109,8 @@ def read_model_predictions(
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for folder in model_folders(level_dir):
         path = folder / layout.TEST_PREDICTIONS
-        if not path.is_file():
+        # SOP at other group sizes is the report's sweep table, not another panel here.
+        if not path.is_file() or layout.sweep_keep_fraction(folder.name) is not None:
             continue
         arrays = _load_npz(path, ("predictions", "targets", "names"))
         label = MODEL_LABELS.get(folder.name, folder.name)

@@ -9,7 +9,8 @@ groups, scores and partial predictions behind each prediction as an :class:`Expl
 Choices that differ from the authors' code (github.com/BrachioLab/exlib):
 
 - Groups are chosen at token level, by a score (the row's attention mass on its kept tokens)
-  with duplicates removed, and only the m chosen ones become pixel masks. The reference code
+  with duplicates removed (or near-duplicates, by Jaccard index, with ``max_overlap`` < 1),
+  and only the m chosen ones become pixel masks. The reference code
   expanded every one of the heads x tokens candidates to full resolution before keeping m at
   fixed candidate indices.
 - Gradients reach the generator through a straight-through estimator instead of the paper's
@@ -17,6 +18,8 @@ Choices that differ from the authors' code (github.com/BrachioLab/exlib):
   :meth:`GroupGenerator.forward`).
 - Masks are exactly 0/1 and groups with no distinct candidate left are marked invalid and
   skipped, rather than repeated.
+- The selector's queries may start at zero (``selector_init: uniform``), so an untrained
+  selector averages the groups instead of favouring the largest partial predictions.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from entmax import sparsemax
+from entmax import entmax15, sparsemax
 from torch import Tensor, nn
 
 from cosmo_sop.models.tokens import (
@@ -35,9 +38,12 @@ from cosmo_sop.models.tokens import (
     keep_top_tokens,
     n_kept_tokens,
     straight_through,
+    suppress_overlaps,
 )
 
 Normalisation = Literal["sparsemax", "softmax"]
+SelectorInit = Literal["uniform", "backbone"]
+SelectorNormalisation = Literal["sparsemax", "entmax15", "softmax"]
 
 
 @dataclass
@@ -115,7 +121,11 @@ class GroupGenerator(nn.Module):
     keep_fraction
         Fraction tau of an input's valid tokens that each group keeps, ceil(tau T) >= 1.
     attention
-        Normalisation of the attention rows, "sparsemax" or "softmax".
+        Normalisation of the attention rows, "sparsemax" or "softmax". Softmax passes
+        gradient to every token of a row; sparsemax only to the tokens of its support.
+    max_overlap
+        Candidates are taken best first, and one whose Jaccard index with a group already
+        taken is ``max_overlap`` or more is passed over; 1.0 passes over identical sets only.
     """
 
     def __init__(
@@ -126,8 +136,10 @@ class GroupGenerator(nn.Module):
         n_groups: int,
         keep_fraction: float,
         attention: Normalisation,
+        max_overlap: float,
     ) -> None:
         super().__init__()
+        self.max_overlap = max_overlap
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.n_groups = n_groups
@@ -176,17 +188,10 @@ class GroupGenerator(nn.Module):
         score = (torch.softmax(logits.detach(), dim=-1) * kept).sum(-1)
         query_valid = valid[:, None, :].expand(n_batch, self.n_heads, n_tokens).flatten(1)
         score = score.masked_fill(~query_valid, -math.inf)
-        score = drop_duplicates(kept, score)
-
-        # The m best candidates; fewer distinct candidates than m leave invalid groups.
-        n_candidates = score.shape[1]
-        if n_candidates < self.n_groups:
-            missing = self.n_groups - n_candidates
-            score = F.pad(score, (0, missing), value=-math.inf)
-            kept = F.pad(kept, (0, 0, 0, missing))
-            logits = F.pad(logits, (0, 0, 0, missing))
-        chosen = score.argsort(dim=1, descending=True, stable=True)[:, : self.n_groups]
-        group_valid = score.gather(1, chosen).isfinite()
+        if self.max_overlap < 1.0:
+            chosen, group_valid = suppress_overlaps(kept, score, self.n_groups, self.max_overlap)
+        else:
+            chosen, group_valid = _best_distinct(kept, score, self.n_groups)
         index = chosen[:, :, None].expand(-1, -1, n_tokens)
         group_tokens = kept.gather(1, index) & group_valid[:, :, None]
 
@@ -207,23 +212,60 @@ class GroupGenerator(nn.Module):
         return Groups(group_tokens, group_masks, group_valid)
 
 
+def _best_distinct(kept: Tensor, score: Tensor, n_groups: int) -> tuple[Tensor, Tensor]:
+    """The ``n_groups`` best candidates with distinct token sets: indices (B, m) and validity.
+
+    Fewer distinct candidates than m leave invalid groups, whose index points at a candidate
+    that is never used (its tokens are cleared by the caller).
+    """
+    score = drop_duplicates(kept, score)
+    n_candidates = score.shape[1]
+    if n_candidates < n_groups:
+        score = F.pad(score, (0, n_groups - n_candidates), value=-math.inf)
+    chosen = score.argsort(dim=1, descending=True, stable=True)[:, :n_groups]
+    valid = score.gather(1, chosen).isfinite()
+    return chosen.clamp_max(n_candidates - 1), valid
+
+
 class GroupSelector(nn.Module):
     """Sparse cross-attention from one query per output over the group embeddings.
 
     With a fixed query per output, attention's query and key projections compose into a single
-    vector per output, so that vector is the parameter, initialised to the output's row of the
-    backbone's output layer: the initial score logit of a group is then the backbone's own
-    output (less the bias) on that group, as in the paper.
+    vector per output, so that vector is the parameter. Two initialisations:
+
+    - ``"uniform"``: zero queries, so every valid group gets the same logit and an untrained
+      selector averages the groups (sparsemax and softmax of equal logits are uniform). Its
+      choices are then all learnt, with no bias towards any group.
+    - ``"backbone"``: the output's row of the backbone's output layer, as in the paper: the
+      initial logit of a group is the backbone's own output on it (less the bias), which
+      favours the groups with the largest partial prediction, a max of noisy estimates.
+
+    A learnable temperature, exp(``log_temperature``) starting at 1, scales the logits, so the
+    selector can learn how peaked its scores are without changing the queries' direction.
 
     Parameters
     ----------
     output_weight
         Shape (n_outputs, E), e.g. ``backbone.head.weight``; copied, not shared.
+    init
+        ``"uniform"`` or ``"backbone"``.
+    normalisation
+        ``"sparsemax"``, ``"entmax15"`` (sparse, smoother) or ``"softmax"`` (dense) over the groups.
     """
 
-    def __init__(self, output_weight: Tensor) -> None:
+    def __init__(
+        self,
+        output_weight: Tensor,
+        init: SelectorInit,
+        normalisation: SelectorNormalisation,
+    ) -> None:
         super().__init__()
-        self.queries = nn.Parameter(output_weight.detach().clone())
+        queries = output_weight.detach().clone()
+        if init == "uniform":
+            queries.zero_()
+        self.queries = nn.Parameter(queries)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.normalisation = normalisation
 
     def forward(self, embeddings: Tensor, valid: Tensor) -> Tensor:
         """Scores of the groups for every output.
@@ -241,5 +283,23 @@ class GroupSelector(nn.Module):
             Shape (B, m, n_outputs), >= 0, summing to 1 over m for every (b, output).
         """
         logits = torch.einsum("bme,oe->bmo", embeddings, self.queries)
+        logits = logits * self.log_temperature.exp()
         logits = logits.masked_fill(~valid[:, :, None], -math.inf)
-        return sparsemax(logits, dim=1)
+        if self.normalisation == "sparsemax":
+            return sparsemax(logits, dim=1)
+        if self.normalisation == "entmax15":
+            return entmax15(logits, dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+def sample_groups(groups: Groups, n_sampled: int) -> Groups:
+    """A random ``n_sampled`` of each input's groups, valid ones first (global torch RNG, which
+    the trainer seeds per epoch)."""
+    n_batch, n_groups = groups.valid.shape
+    # Invalid groups draw from [1, 2), so every valid group sorts before them.
+    draw = torch.rand(n_batch, n_groups, device=groups.valid.device) + (~groups.valid).float()
+    keep = draw.argsort(dim=1)[:, :n_sampled]
+    index = keep[:, :, None].expand(-1, -1, groups.tokens.shape[-1])
+    return Groups(
+        groups.tokens.gather(1, index), groups.masks.gather(1, index), groups.valid.gather(1, keep)
+    )

@@ -47,7 +47,16 @@ from torch import Tensor, nn
 
 from cosmo_sop.config import defaults, fill_defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.models.groups import Explanation, GroupGenerator, GroupSelector, Normalisation
+from cosmo_sop.models.groups import (
+    Explanation,
+    GroupGenerator,
+    GroupSelector,
+    Normalisation,
+    SelectorInit,
+    SelectorNormalisation,
+    sample_groups,
+)
+from cosmo_sop.models.settings import check_sop_settings
 from cosmo_sop.models.tokens import patch_token_map, patch_tokens, segment_tokens, tokens_to_pixels
 
 TokenKind = Literal["patches", "segments"]
@@ -75,8 +84,14 @@ class SumOfParts(nn.Module):
         label map given to :meth:`forward`.
     patch_tokens
         Side of the token grid in "patches" mode.
-    n_heads, d_model, n_groups, keep_fraction, attention
+    n_heads, d_model, n_groups, keep_fraction, attention, max_overlap
         Group generator settings; see :class:`~cosmo_sop.models.groups.GroupGenerator`.
+    selector_init, selector_normalisation
+        Group selector settings; see :class:`~cosmo_sop.models.groups.GroupSelector`.
+    train_groups
+        In training mode, each input uses a random ``train_groups`` of its m groups (None, or m
+        or more: all), which cuts the backbone passes of a step by m / ``train_groups``; in eval
+        mode all m.
     max_backbone_batch
         Most masked inputs per backbone call, to bound memory.
 
@@ -104,6 +119,10 @@ class SumOfParts(nn.Module):
         n_groups: int | None = None,
         keep_fraction: float | None = None,
         attention: Normalisation | None = None,
+        max_overlap: float | None = None,
+        selector_init: SelectorInit | None = None,
+        selector_normalisation: SelectorNormalisation | None = None,
+        train_groups: int | None = None,
         max_backbone_batch: int | None = None,
     ) -> None:
         super().__init__()
@@ -116,14 +135,19 @@ class SumOfParts(nn.Module):
             n_groups=n_groups,
             keep_fraction=keep_fraction,
             attention=attention,
+            max_overlap=max_overlap,
+            selector_init=selector_init,
+            selector_normalisation=selector_normalisation,
+            train_groups=train_groups,
             max_backbone_batch=max_backbone_batch,
         )
-        _check_settings(input_shape, task, **settings)
+        check_sop_settings(input_shape, task, **settings)
         self.input_shape = tuple(int(n) for n in input_shape)
         self.task = task
         self.tokens = settings["tokens"]
         self.patch_tokens = settings["patch_tokens"]
         self.max_backbone_batch = settings["max_backbone_batch"]
+        self.train_groups = settings["train_groups"]
 
         # Frozen backbone. Its read-out is found by name, so the state dict holds it only once;
         # a read-out outside the backbone is registered (and frozen) here.
@@ -143,9 +167,11 @@ class SumOfParts(nn.Module):
 
         self.token_encoder = token_encoder
         token_dim = self._feature_shape()[0]
-        generator = ("d_model", "n_heads", "n_groups", "keep_fraction", "attention")
+        generator = ("d_model", "n_heads", "n_groups", "keep_fraction", "attention", "max_overlap")
         self.generator = GroupGenerator(token_dim, **{k: settings[k] for k in generator})
-        self.selector = GroupSelector(output_layer.weight)
+        self.selector = GroupSelector(
+            output_layer.weight, settings["selector_init"], settings["selector_normalisation"]
+        )
         self._encoder_blocks: int | None = None
         self._settings = {"input_shape": list(self.input_shape), "task": task, **settings}
 
@@ -272,6 +298,12 @@ class SumOfParts(nn.Module):
         else:
             tokens, token_valid = segment_tokens(features, token_map)
         groups = self.generator(tokens, token_valid)
+        if (
+            self.training
+            and self.train_groups is not None
+            and self.train_groups < len(groups[0][0])
+        ):
+            groups = sample_groups(groups, self.train_groups)
 
         pixel_masks = tokens_to_pixels(groups.masks, token_map)  # (B, m, H, W), exactly 0/1
         embeddings = self._embed_groups(x, pixel_masks, groups.valid)  # (B, m, E)
@@ -289,6 +321,41 @@ class SumOfParts(nn.Module):
             token_map=token_map,
             probabilities=prediction.softmax(-1) if self.task == "classification" else None,
         )
+
+    def token_map(self, x: Tensor, segments: Tensor | None = None) -> Tensor:
+        """Token index of every pixel, int64 (B, H, W): the grid cell or the segment label."""
+        return self._check_inputs(x, segments)
+
+    def parts_of(
+        self, x: Tensor, group_tokens: Tensor, segments: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The backbone on ``x`` masked to any given groups: what SOP would sum for them.
+
+        For null models and floors (random groups, other scores) on SOP's own tokens.
+
+        Parameters
+        ----------
+        x
+            Inputs, shape (B, C, H, W).
+        group_tokens
+            bool, shape (B, m, T); tokens of each group (all False: an invalid group).
+        segments
+            Label maps (B, H, W) in "segments" mode.
+
+        Returns
+        -------
+        partial : Tensor
+            Shape (B, m, n_outputs); the backbone's prediction on each masked input (0 for
+            empty groups).
+        embeddings : Tensor
+            Shape (B, m, E); for scoring with :attr:`selector`.
+        """
+        token_map = self._check_inputs(x, segments)
+        valid = group_tokens.any(-1)
+        pixel_masks = tokens_to_pixels(group_tokens.to(x.dtype), token_map)
+        embeddings = self._embed_groups(x, pixel_masks, valid)
+        partial = self._read_out(embeddings).masked_fill(~valid[:, :, None], 0.0)
+        return partial, embeddings
 
     def _embed_groups(self, x: Tensor, pixel_masks: Tensor, valid: Tensor) -> Tensor:
         """Backbone embeddings of the valid masked inputs, one batched pass in memory chunks.
@@ -354,44 +421,3 @@ class SumOfParts(nn.Module):
         if int(segments.min()) < 0:
             raise ValueError("segments labels must be >= 0")
         return segments.to(device=x.device, dtype=torch.int64)
-
-
-def _check_settings(
-    input_shape: Sequence[int],
-    task: str,
-    tokens: str,
-    patch_tokens: int,
-    n_heads: int,
-    d_model: int,
-    n_groups: int,
-    keep_fraction: float,
-    attention: str,
-    max_backbone_batch: int,
-) -> None:
-    """Raise ValueError naming the first invalid constructor argument."""
-    choices = {
-        "task": (task, ("regression", "classification")),
-        "tokens": (tokens, ("patches", "segments")),
-        "attention": (attention, ("sparsemax", "softmax")),
-    }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    counts = dict(
-        patch_tokens=patch_tokens,
-        n_heads=n_heads,
-        d_model=d_model,
-        n_groups=n_groups,
-        max_backbone_batch=max_backbone_batch,
-    )
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if d_model % n_heads:
-        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
-    if not 0.0 < keep_fraction <= 1.0:
-        raise ValueError(f"keep_fraction must lie in (0, 1], got {keep_fraction!r}")
-    if len(input_shape) != 3 or any(int(n) < 1 for n in input_shape):
-        raise ValueError(f"input_shape must be (C, H, W) of positive sizes, got {input_shape!r}")
-    if tokens == "patches" and patch_tokens > min(input_shape[1:]):
-        raise ValueError(f"patch_tokens={patch_tokens} exceeds the input size {input_shape!r}")

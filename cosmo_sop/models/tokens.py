@@ -185,6 +185,50 @@ def drop_duplicates(kept: Tensor, score: Tensor) -> Tensor:
     return score.masked_fill(~is_first, -math.inf)
 
 
+def suppress_overlaps(
+    kept: Tensor, score: Tensor, n_groups: int, max_overlap: float
+) -> tuple[Tensor, Tensor]:
+    """Greedy choice of ``n_groups`` candidates, best first, none overlapping a better one much.
+
+    Non-maximum suppression on token sets: take the best candidate, discard every candidate
+    whose Jaccard index |a ∩ b| / |a ∪ b| with it is ``max_overlap`` or more (itself and its
+    duplicates included), repeat. torchvision's ``batched_nms`` does this for boxes only, hence
+    by hand; it loops over the m choices, each a batched (B, N, T) x (B, T) product.
+
+    Parameters
+    ----------
+    kept
+        bool, shape (B, N, T); token sets of N candidates per sample.
+    score
+        Shape (B, N); -inf marks candidates that are already invalid.
+    n_groups
+        Number m of candidates to choose.
+    max_overlap
+        Jaccard index in (0, 1] from which a candidate counts as a near-duplicate.
+
+    Returns
+    -------
+    chosen : Tensor
+        int64, shape (B, m); indices of the chosen candidates.
+    valid : Tensor
+        bool, shape (B, m); False where no candidate was left (index then 0, unused).
+    """
+    members = kept.to(torch.float32)
+    sizes = members.sum(-1)  # (B, N)
+    score = score.clone()
+    rows = torch.arange(kept.shape[0], device=kept.device)
+    chosen, valid = [], []
+    for _ in range(n_groups):
+        best = score.argmax(1)  # (B,)
+        valid.append(score[rows, best].isfinite())
+        chosen.append(torch.where(valid[-1], best, 0))
+        group = members[rows, best]  # (B, T)
+        shared = torch.bmm(members, group[:, :, None]).squeeze(-1)  # (B, N)
+        jaccard = shared / (sizes + group.sum(-1, keepdim=True) - shared).clamp_min(1.0)
+        score = score.masked_fill(jaccard >= max_overlap, -math.inf)
+    return torch.stack(chosen, 1), torch.stack(valid, 1)
+
+
 # -- masks --------------------------------------------------------------------------------------
 
 

@@ -192,5 +192,12 @@ def load_sop(run_dir: str | os.PathLike) -> TrainedSOP:
     config = sidecar["model_config"]
     backbone = ConvRegressor.from_config(config["backbone"], where)
     model = SumOfParts.from_config(backbone, config["sop"], where)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # e.g. weights of an older cosmo-sop's SOP
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise InputError(
+            Path(run_dir) / WEIGHTS,
+            f"weights do not fit this cosmo-sop's SOP model ({first}); retrain it",
+        ) from None
     return TrainedSOP(model, LabelScaler.from_state_dict(sidecar["label_scaler"]), sidecar)

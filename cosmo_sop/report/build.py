@@ -57,7 +57,7 @@ from cosmo_sop.report.sections import (
     structures,
 )
 from cosmo_sop.report.tables import drawn, figure, number, table
-from cosmo_sop.report.verdicts import glance, verdict_summary
+from cosmo_sop.report.verdicts import finding_count, glance, verdict_summary
 from cosmo_sop.storage import atomic_path
 
 #: How a part that has not been computed reads.
@@ -174,7 +174,7 @@ def _summary(
                 level,
                 *(NOT_COMPUTED if ratios is None else ratios[n] for n in NAMES),
                 NOT_COMPUTED if met is None else ("yes" if met else "no"),
-                glance(counts) or NOT_COMPUTED,
+                _with_findings(glance(counts), content),
             ]
         )
     return {
@@ -197,6 +197,16 @@ def _skipped_maps(results: Path, levels: list[str]) -> dict[str, Any] | None:
             shown = table(["map file", "problem"], rows) if rows else None
             return {"source": str(path), "count": len(rows), "table": shown}
     return None
+
+
+def _with_findings(cell: str | None, content: Mapping[str, Any] | None) -> str:
+    """A level's verdict cell, with how many verdicts beat every null control."""
+    if cell is None or content is None:
+        return NOT_COMPUTED
+    counted = finding_count(content["verdicts"])
+    if counted is None:
+        return cell
+    return f"{cell} — findings beyond the nulls: {counted['findings']} of {counted['assessed']}"
 
 
 def _shown_config(

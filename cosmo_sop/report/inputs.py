@@ -68,8 +68,9 @@ def read_test_metrics(level_dir: str | os.PathLike) -> dict[str, dict[str, Any]]
     dict
         Display name (as in :func:`cosmo_sop.figures.predictions.read_model_predictions`) ->
         ``{"n_test_maps": int | None, "mse_standardised": {"Om", "s8"}, "mse": {"Om", "s8"}}``
-        (MSE of standardised and of physical parameters), plus ``"groups"`` for SOP when
-        recorded.
+        (MSE of standardised and of physical parameters), plus SOP's ``"groups"``, ``"floor"``
+        and ``"versus_backbone"`` records (:func:`cosmo_sop.training.train_sop`) when recorded.
+        SOP trained at another group size (``sop.sweep_keep_fractions``) is ``"SOP, τ = 0.3"``.
     """
     level_dir = Path(level_dir)
     out: dict[str, dict[str, Any]] = {}
@@ -79,9 +80,12 @@ def read_test_metrics(level_dir: str | os.PathLike) -> dict[str, dict[str, Any]]
         if content is None:
             continue
         entry = _metrics_entry(path, content, ("mse_standardised", "mse"))
-        if isinstance(content.get("groups"), Mapping):
-            entry["groups"] = content["groups"]
-        out[MODEL_LABELS.get(folder.name, folder.name)] = entry
+        for key in ("groups", "floor", "versus_backbone"):  # SOP's records
+            if isinstance(content.get(key), Mapping):
+                entry[key] = content[key]
+        tau = layout.sweep_keep_fraction(folder.name)
+        label = MODEL_LABELS.get(folder.name, folder.name) if tau is None else f"SOP, τ = {tau:g}"
+        out[label] = entry
     path = layout.summary_statistics(level_dir.parent, level_dir.name)
     content = read_json(path)
     if content is not None:

@@ -111,3 +111,100 @@ def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     for key, item in items:
         out += flatten(item, f"{prefix} / {key}" if prefix else str(key))
     return out
+
+
+# -- the faithfulness summary (science/faithfulness.csv) ---------------------------------------
+
+#: Columns of the faithfulness summary that the report reads.
+FAITHFULNESS_COLUMNS = (
+    "method",
+    "resolution",
+    "scorer",
+    "output",
+    "metric",
+    "better",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "sop_minus",
+    "diff_ci_low",
+    "diff_ci_high",
+)
+#: How the report names the methods, resolutions and scoring models of the summary.
+METHOD_NAMES = {
+    "sop": "SOP",
+    "integrated_gradients": "Integrated Gradients",
+    "gradient_shap": "GradientSHAP",
+    "kernel_shap": "KernelSHAP",
+    "lime": "LIME",
+    "saliency": "Saliency",
+    "x_gradient": "X-Gradient",
+}
+RESOLUTION_NAMES = {"pixel": "per pixel", "token": "per token"}
+SCORER_NAMES = {"backbone": "backbone", "sop": "SOP model", "xdnn": "X-DNN"}
+
+
+def with_interval(mean: str, low: str, high: str) -> str:
+    """``"0.33 [0.30, 0.36]"``, or the no-value mark."""
+    if not is_number(mean) or math.isnan(float(mean)):
+        return NO_VALUE
+    return f"{number(mean)} [{number(low)}, {number(high)}]"
+
+
+def entry_name(method: str, resolution: str, scorer: str) -> str:
+    """E.g. ``"Integrated Gradients, per token (on backbone)"``; SOP has no resolution."""
+    name = METHOD_NAMES.get(method, method)
+    if method != "sop":
+        name += f", {RESOLUTION_NAMES.get(resolution, resolution)}"
+    return f"{name} (on {SCORER_NAMES.get(scorer, scorer)})"
+
+
+def faithfulness_tables(
+    header: Sequence[str], rows: Sequence[Sequence[str]], output: str
+) -> dict[str, Any]:
+    """Two tables of one output: each entry's mean [95 % CI] per metric, and the paired
+    difference SOP − entry [95 % CI], bold only where the interval excludes zero."""
+    index = {name: header.index(name) for name in FAITHFULNESS_COLUMNS}
+    mine = [r for r in rows if r[index["output"]] == output]
+    metrics = list(dict.fromkeys(r[index["metric"]] for r in mine))
+    better = {r[index["metric"]]: r[index["better"]] for r in mine}
+    keys = list(
+        dict.fromkeys(tuple(r[index[k]] for k in ("method", "resolution", "scorer")) for r in mine)
+    )
+    cells = {
+        (tuple(r[index[k]] for k in ("method", "resolution", "scorer")), r[index["metric"]]): r
+        for r in mine
+    }
+    means, diffs, bold = [], [], []
+    for key in keys:
+        got = [cells.get((key, m)) for m in metrics]
+        means.append(
+            [entry_name(*key)]
+            + [
+                NO_VALUE
+                if r is None
+                else with_interval(*(r[index[k]] for k in ("mean", "ci_low", "ci_high")))
+                for r in got
+            ]
+        )
+        if key[0] == "sop":
+            continue
+        row, marked = [entry_name(*key)], set()
+        for j, r in enumerate(got, start=1):
+            triple = (
+                (NO_VALUE,) * 3
+                if r is None
+                else tuple(r[index[k]] for k in ("sop_minus", "diff_ci_low", "diff_ci_high"))
+            )
+            row.append(with_interval(*triple))
+            if all(is_number(v) for v in triple[1:]):
+                low, high = float(triple[1]), float(triple[2])
+                if low > 0 or high < 0:
+                    marked.add(j)
+        diffs.append(row)
+        bold.append(marked)
+    head = [f"{m} ({better[m]} is better)" for m in metrics]
+    return {
+        "means": table(["entry", *head], means),
+        "differences": table(["SOP − entry", *metrics], diffs, bold),
+    }

@@ -2,7 +2,8 @@
 
 The structures step records each verdict as data (:func:`cosmo_sop.structures.verdict`: the
 weight ratio, its interval, the outcome); the report alone turns them into sentences, and
-counts outcomes from the records' ``outcome`` field.
+counts outcomes from the records' ``outcome`` field, and sets each verdict beside its null
+controls (:func:`null_rows`, :func:`finding_text`).
 """
 
 from __future__ import annotations
@@ -149,3 +150,80 @@ def bootstrap_note(settings: Mapping[str, Any]) -> str:
     if settings.get("smoothing_pixels"):
         parts.append(f"σ map smoothed by {number(settings['smoothing_pixels'])} pixels")
     return "; ".join(parts)
+
+
+#: How the report names the nulls of verdicts.json (``cosmo_sop.structures.nulls``).
+NULL_NAMES = {
+    "initial": "SOP at initialisation",
+    "uniform": "uniform scores, trained groups",
+    "random": "random groups, trained selector",
+}
+
+#: The finding rule in words (:func:`cosmo_sop.structures.findings.with_nulls`).
+FINDING_RULE = (
+    "A verdict is a finding only where the trained SOP's interval excludes 1 and lies wholly "
+    "beyond the interval of every null control, on the side of 1 that SOP's ratio is on (same "
+    "definitions, maps and cosmology bootstrap draws): training must have moved the ratio "
+    "further from 1 than every null. A null with an empty class or an undefined ratio leaves "
+    "the verdict no finding."
+)
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    high_text = "inf" if high is None and low is not None else _g(high)
+    return f"[{_g(low)}, {high_text}]"
+
+
+def null_rows(record: Mapping[str, Any]) -> list[list[Any]] | None:
+    """Rows (source, ratio, interval, groups, interval disjoint from SOP's) of the trained SOP
+    and each null of one verdict record; None for a record without nulls (older runs)."""
+    nulls = record.get("nulls")
+    if not isinstance(nulls, Mapping) or not nulls:
+        return None
+    rows = [
+        [
+            "trained SOP",
+            _g(record.get("ratio")),
+            _interval(record.get("ci_low"), record.get("ci_high")),
+            record.get("n_groups"),
+            "",
+        ]
+    ]
+    for name, null in nulls.items():
+        rows.append(
+            [
+                NULL_NAMES.get(name, name),
+                _g(null.get("ratio")),
+                _interval(null.get("ci_low"), null.get("ci_high")),
+                null.get("n_groups"),
+                "yes" if null.get("excluded") else "no",
+            ]
+        )
+    return rows
+
+
+def finding_text(record: Mapping[str, Any]) -> str | None:
+    """``"finding"``, ``"not a finding"`` (with why), or None where nulls were not assessed."""
+    finding = record.get("finding")
+    if finding is None:
+        return None
+    if finding:
+        return "finding: the interval excludes every null's"
+    if record.get("outcome") == "inconclusive":
+        return "not a finding: the interval does not exclude 1"
+    if record.get("outcome") not in ("agrees", "disagrees"):
+        return "not a finding: no verdict"
+    overlapping = [
+        NULL_NAMES.get(name, name)
+        for name, null in (record.get("nulls") or {}).items()
+        if not null.get("excluded")
+    ]
+    return "not a finding: indistinguishable from " + "; ".join(overlapping)
+
+
+def finding_count(records: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
+    """How many verdicts are findings, of those assessed against nulls (None: none assessed)."""
+    assessed = [r for r in records if r.get("finding") is not None]
+    if not assessed:
+        return None
+    return {"findings": sum(bool(r["finding"]) for r in assessed), "assessed": len(assessed)}

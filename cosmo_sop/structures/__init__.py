@@ -8,9 +8,10 @@ is (and holds the paper's findings), :mod:`~cosmo_sop.structures.classes` classi
 each map's sigma map, :mod:`~cosmo_sop.structures.weights` weighs the classes (with intervals
 from :mod:`~cosmo_sop.structures.bootstrap`) and gives verdict records,
 :mod:`~cosmo_sop.structures.purity` measures how cleanly a map's top parts (SOP's groups, or the
-cells of a pixel attribution, :mod:`~cosmo_sop.structures.cells`) fall into one class, and
-:mod:`~cosmo_sop.structures.run` is the workflow's ``structures`` step (not imported here: it
-needs PyTorch).
+cells of a pixel attribution, :mod:`~cosmo_sop.structures.cells`) fall into one class,
+:mod:`~cosmo_sop.structures.findings` tells findings from what the null controls of
+:mod:`~cosmo_sop.structures.nulls` give, and :mod:`~cosmo_sop.structures.run` is the workflow's
+``structures`` step (neither nulls nor run is imported here: they need PyTorch).
 """
 
 from cosmo_sop.structures.bootstrap import bootstrap_sums
@@ -27,7 +28,15 @@ from cosmo_sop.structures.definitions import (
     checked_definitions,
     parse_definitions,
 )
-from cosmo_sop.structures.purity import cell_purity, purity_table, sop_purity, top_groups
+from cosmo_sop.structures.findings import beyond, with_nulls
+from cosmo_sop.structures.purity import (
+    cell_purity,
+    method_purities,
+    purity_table,
+    sop_pixel_importance,
+    sop_purity,
+    top_groups,
+)
 from cosmo_sop.structures.weights import (
     OUTCOMES,
     class_weights,
@@ -52,14 +61,18 @@ __all__ = [
     "checked_definitions",
     "class_weights",
     "classify",
+    "beyond",
     "group_labels",
     "group_statistics",
+    "method_purities",
     "parse_definitions",
     "purity_table",
     "sigma_map",
+    "sop_pixel_importance",
     "sop_purity",
     "top_groups",
     "verdict",
     "verdicts",
     "weight_table",
+    "with_nulls",
 ]

@@ -1,23 +1,23 @@
-"""The bootstrap of cosmo-sop's structure statistics: resample maps, or whole blocks of maps.
+"""The bootstrap of cosmo-sop's structure statistics: resample whole cosmologies (or maps).
 
 Groups of one map are correlated (their weights sum to one), and so are the patches of one
-simulation, so intervals come from resampling whole maps (:func:`bootstrap_sums`), or blocks of
-maps such as those of one cosmology, and taking percentiles of the replicates
-(:func:`interval`).
+cosmology, so intervals come from resampling whole blocks of maps, by default the cosmologies
+(config ``structures.bootstrap_blocks: cosmology``), and taking percentiles of the replicates
+(:func:`interval`). The draws are those of the shared cosmology bootstrap
+(:func:`cosmo_sop.statistics.resample_counts`): the same block labels, ``n_boot`` and seed give
+the same resamples in every stage, so the trained SOP and its null controls, weighed on the same
+maps with the same seed, are resampled together (paired).
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
 from cosmo_sop.errors import InputError
+from cosmo_sop.statistics import percentile_interval, replicate_sums, resample_counts
 from cosmo_sop.structures.definitions import is_finite_number
-
-#: Bootstrap replicates per block of the resampling-count matrix (bounds its memory).
-REPLICATES_PER_BLOCK = 200
 
 
 def block_codes(blocks: Any, n: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def block_codes(blocks: Any, n: int) -> np.ndarray:
 
 
 def bootstrap_sums(per_map: np.ndarray, n_boot: int, seed: int, blocks: Any = None) -> np.ndarray:
-    """Bootstrap replicates of column sums over maps, resampling maps (or blocks) with replacement.
+    """Bootstrap replicates of column sums over maps, resampling blocks of maps with replacement.
 
     Parameters
     ----------
@@ -42,10 +42,11 @@ def bootstrap_sums(per_map: np.ndarray, n_boot: int, seed: int, blocks: Any = No
     n_boot
         Number of replicates.
     seed
-        Seed of ``np.random.default_rng``; the same seed gives the same replicates.
+        Seed of the draws (:func:`cosmo_sop.statistics.resample_counts`); the same seed and
+        blocks give the same replicates.
     blocks
-        Optional label per map (N,), e.g. the cosmology: whole blocks are resampled (a block
-        bootstrap), so correlated maps (patches of one simulation) stay together.
+        Label per map (N,), e.g. its cosmology: whole blocks are resampled (a block bootstrap),
+        so correlated maps stay together. None: every map its own block.
 
     Returns
     -------
@@ -58,30 +59,16 @@ def bootstrap_sums(per_map: np.ndarray, n_boot: int, seed: int, blocks: Any = No
         raise InputError("bootstrap", "no maps to resample")
     if int(n_boot) < 1:
         raise InputError("argument 'n_boot'", f"must be >= 1, got {n_boot}")
-    codes = block_codes(blocks, n)
-    n_blocks = int(codes.max()) + 1
-    per_block = np.zeros((n_blocks, per_map[0].size))
-    np.add.at(per_block, codes, per_map.reshape(n, -1))
-    rng = np.random.default_rng(seed)
-    out = np.empty((int(n_boot), per_block.shape[1]))
-    # Each replicate is a vector of draw counts per block (multinomial), so the sums of many
-    # replicates are one matrix product; replicates go in batches only to bound memory.
-    for start in range(0, int(n_boot), REPLICATES_PER_BLOCK):
-        stop = min(start + REPLICATES_PER_BLOCK, int(n_boot))
-        counts = rng.multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=stop - start)
-        out[start:stop] = counts @ per_block
-    return out.reshape(int(n_boot), *per_map.shape[1:])
+    labels = block_codes(blocks, n)
+    counts = resample_counts(labels, int(n_boot), seed)
+    return replicate_sums(per_map, labels, counts)
 
 
 def interval(replicates: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over axis 0, ignoring replicates where the statistic is undefined."""
-    tail = (1.0 - confidence) / 2.0
-    # "inverted_cdf" takes order statistics without interpolating, so an infinite ratio (a
-    # replicate without weight for the denominator) stays a plain large value.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # empty class: NaN
-        lo, hi = np.nanquantile(replicates, [tail, 1.0 - tail], axis=0, method="inverted_cdf")
-    return lo, hi
+    """Percentile interval over axis 0, ignoring replicates where the statistic is undefined
+    (:func:`cosmo_sop.statistics.percentile_interval`: order statistics, no interpolation, so
+    an infinite ratio stays a plain large value)."""
+    return percentile_interval(replicates, confidence)
 
 
 def check_confidence(confidence: float) -> float:

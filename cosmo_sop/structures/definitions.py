@@ -5,44 +5,42 @@ group's pixels of the sigma map (:func:`cosmo_sop.structures.sigma_map`), in uni
 standard deviation:
 
 - ``mean_above: L`` (clusters) or ``mean_below: L`` (voids): the mean of the group's pixels is
-  above / below L sigma;
+  strictly above / below L sigma;
 - ``fraction_above: L`` with ``min_fraction: f`` (clusters) or ``fraction_below: L`` with
-  ``min_fraction: f`` (voids): more than a fraction f of the group's pixels lie above / below
-  L sigma.
+  ``min_fraction: f`` (voids): *at least* a fraction f of the group's pixels lie strictly above
+  / below L sigma (``>= f``, as the SOP authors' purity code counts).
 
-All comparisons are strict. Clusters use ``*_above`` and voids ``*_below`` rules; anything else is
-refused as a likely mistake. Config form (one dict per definition; see :func:`parse_definitions`)::
+Clusters use ``*_above`` and voids ``*_below`` rules; anything else is refused as a likely
+mistake. Config form (one dict per definition; see :func:`parse_definitions`)::
 
-    -{name: void, kind: void, mean_below: 0.0}
-    -{name: void_strict, kind: void, fraction_below: 0.0, min_fraction: 0.6}
-    -{name: cluster, kind: cluster, mean_above: 2.0}
-    -{name: cluster_3sigma, kind: cluster, mean_above: 3.0}
-    -{name: cluster_strict, kind: cluster, fraction_above: 3.0, min_fraction: 0.1}
+    -{name: void_paper, kind: void, mean_below: 0.0}
+    -{name: cluster_authors, kind: cluster, fraction_above: 3.0, min_fraction: 0.015}
 
-The default definitions are the config schema's ``structures.definitions``
-(:data:`DEFAULT_DEFINITIONS`). The relaxed ones (``void``, ``cluster``) follow the SOP paper's
-rules (mean below 0; mean above 2 sigma); ``void_strict`` is its strict void (more than 60 % of
-the pixels below 0) and ``cluster_3sigma`` a higher threshold on the mean.
+The default definitions (:data:`DEFAULT_DEFINITIONS`, the config schema's
+``structures.definitions``) are two pairs, named by where they come from:
 
-``cluster_strict`` asks that more than 10 % of the group's pixels lie above 3 sigma: the group is
-built around halo cores, with about 10 times the share of such pixels in a whole map (0.9 % of
-the pixels of noiseless mock patches, 0.4 % with stage-3 shape noise). A higher fraction, e.g.
-one half, is reached only by regions of a few tens of pixels (in 500 noiseless mock patches, by
-the most peaked 5x5-pixel cell of 1 % of the maps and by no watershed segment), so it would
-leave the class empty for any group SOP or the segmentation produces.
+- the SOP paper's *mean* rules: ``void_paper`` (mean < 0) and ``cluster_paper`` (mean > 2 sigma);
+- the SOP authors' *fraction* rules, from their purity code: ``void_authors`` (at least 60 % of
+  the group's pixels below 0) and ``cluster_authors`` (at least 1.5 % above 3 sigma). Purity
+  (:mod:`~cosmo_sop.structures.purity`) and the figures use these two
+  (:data:`PURITY_VOID`, :data:`PURITY_CLUSTER`).
 
-Limits worth knowing
---------------------
-- A group covering a fraction f of a map cannot average more than the map's top f pixels: about
-  1.5 sigma for f = 0.2 (SOP's default ``keep_fraction``) and 2.2 to 2.5 sigma for f = 0.05 in
-  the mock patches, noiseless or with stage-3 noise. Such groups are never ``cluster``
-  (mean > 2 sigma); the weight table then reports an empty class and the verdict is
-  ``"no_groups"`` rather than an invented ratio. ``cluster_cores`` (at least 2 % of the pixels
-  above 3 sigma, about twice a whole map's share) is a cluster class that such groups can fall
-  into.
-- The relaxed void rule (mean < 0) holds for about half of all *random* groups (the field is
-  skewed: its median lies below its mean), so a purity near 0.5 is what chance gives; compare
-  purities between methods, not with 0.
+Why the paper's cluster rule is (nearly) always empty for SOP's groups
+---------------------------------------------------------------------
+On a map of zero mean and unit variance, a group holding a fraction p of the pixels has mean
+``mu`` with ``p mu + (1 - p) mu' = 0`` for the mean ``mu'`` of the rest, and the variance bounds
+``p mu^2 + (1 - p) mu'^2 <= 1``; together ``mu <= sqrt((1 - p) / p)`` sigma: exactly 2 sigma for
+p = 0.2 (SOP's default ``keep_fraction``), reached only by a map that is a two-valued step. The
+group of the highest 20 % of the pixels of a Gaussian field averages ``phi(z) / p`` = 1.40 sigma
+(z the 80th percentile), and the mock's lognormal patches give about 1.5 sigma; so no 20 % group
+passes ``mean > 2 sigma``, and ``cluster_paper`` reports an empty class (the verdict
+``"no_groups"``) rather than an invented ratio. The authors' fraction rule asks instead for halo
+cores inside the group: 1.5 % of its pixels above 3 sigma, about 1.7 to 4 times a whole map's
+share (0.9 % of the pixels of noiseless mock patches, 0.4 % with stage-3 noise).
+
+The paper's void rule (mean < 0) holds for about half of all *random* groups (the field is
+skewed: its median lies below its mean); purities and weight ratios are therefore compared with
+null controls (:mod:`cosmo_sop.structures.nulls`), not with 0.
 """
 
 from __future__ import annotations
@@ -73,9 +71,10 @@ PAPER_FINDINGS: dict[str, dict[str, str]] = {
     "cluster": {"heavier": "s8", "text": "clusters weigh more for s8"},
 }
 
-#: Definitions used to call a part void / cluster / neither when computing purity.
-PURITY_VOID = "void"
-PURITY_CLUSTER = "cluster"
+#: Definitions used to call a part void / cluster / neither when computing purity and drawing
+#: the figures: the SOP authors' fraction rules (see the module notes).
+PURITY_VOID = "void_authors"
+PURITY_CLUSTER = "cluster_authors"
 
 _RULE_KEYS = ("mean_above", "mean_below", "fraction_above", "fraction_below")
 _CONFIG_KEYS = frozenset(("name", "kind", "min_fraction", *_RULE_KEYS))
@@ -102,14 +101,14 @@ class StructureDefinition:
         ``"void"`` or ``"cluster"``.
     statistic
         ``"mean"``: the mean of the group's sigma-map pixels is compared with ``level``.
-        ``"fraction"``: the fraction of its pixels beyond ``level`` is compared with
+        ``"fraction"``: the fraction of its pixels strictly beyond ``level`` must be at least
         ``min_fraction``.
     level
         Threshold in units of the map's standard deviation (sigma). Clusters: above it;
         voids: below it.
     min_fraction
-        For ``statistic="fraction"``: the fraction of pixels beyond ``level`` must exceed this,
-        in [0, 1). None for ``"mean"``.
+        For ``statistic="fraction"``: the fraction of pixels beyond ``level`` must reach this
+        (``>=``), in (0, 1). None for ``"mean"``.
     """
 
     name: str
@@ -134,8 +133,9 @@ class StructureDefinition:
             raise InputError(where, f"level must be a finite number of sigma, got {self.level!r}")
         if self.statistic == "fraction":
             f = self.min_fraction
-            if not is_finite_number(f) or not 0.0 <= f < 1.0:
-                raise InputError(where, f"min_fraction must be a number in [0, 1), got {f!r}")
+            # 0 would make every group a member: refused as a likely mistake
+            if not is_finite_number(f) or not 0.0 < f < 1.0:
+                raise InputError(where, f"min_fraction must be a number in (0, 1), got {f!r}")
         elif self.min_fraction is not None:
             raise InputError(where, "min_fraction only goes with a fraction_above/below rule")
         # plain floats, so that definitions compare and serialise the same however they were given
@@ -150,11 +150,11 @@ class StructureDefinition:
 
     @property
     def rule(self) -> str:
-        """The rule in words, e.g. ``"mean > 2σ"`` or ``"> 60% of pixels < 0σ"``."""
+        """The rule in words, e.g. ``"mean > 2σ"`` or ``"≥ 60% of pixels < 0σ"``."""
         sign = ">" if self.direction == "above" else "<"
         if self.statistic == "mean":
             return f"mean {sign} {self.level:g}σ"
-        return f"> {100 * self.min_fraction:g}% of pixels {sign} {self.level:g}σ"
+        return f"≥ {100 * self.min_fraction:g}% of pixels {sign} {self.level:g}σ"
 
     def to_config(self) -> dict[str, Any]:
         """The config dict that :func:`parse_definitions` turns back into this definition."""
@@ -185,7 +185,9 @@ class StructureDefinition:
                     f"the statistics hold no fraction {self.direction} {self.level:g} sigma; "
                     "compute them with this definition among `definitions`",
                 )
-            member = fractions.sel({dim: self.level}, drop=True) > self.min_fraction
+            # ">=": the authors' "at least"; the fraction is count / pixels, a correctly rounded
+            # division, so a group exactly at the threshold (3 of 200 pixels, 0.015) is a member
+            member = fractions.sel({dim: self.level}, drop=True) >= self.min_fraction
         member = member & (stats["pixels"] > 0)
         if "valid" in stats:
             member = member & stats["valid"]
@@ -234,7 +236,7 @@ def parse_definitions(
 
     Each item is a mapping with ``name``, ``kind`` (``void`` | ``cluster``) and exactly one rule
     key: ``mean_above`` / ``fraction_above`` for clusters, ``mean_below`` / ``fraction_below``
-    for voids (a level in sigma); a fraction rule also needs ``min_fraction`` in [0, 1).
+    for voids (a level in sigma); a fraction rule also needs ``min_fraction`` in (0, 1).
     Names must be unique.
 
     Raises

@@ -1,14 +1,19 @@
 """Purity: how cleanly the most important parts of a map fall into one structure class.
 
-Of a map's top groups for an output (by default those with non-zero weight), the fraction that
-belongs to the majority class among void and cluster (:func:`sop_purity`). For a pixel
-attribution method the parts are *cells*: connected components of its top 20 % pixels
-(:func:`attribution_cells`), classified by the same rules (:func:`cell_purity`).
-:func:`purity_table` gives the mean over maps per method and output, with bootstrap intervals.
+One rule for every method (:func:`method_purities`): a method's parts are the *cells* of its
+top 20 % pixels (connected components, :func:`attribution_cells`; SOP's pixel importance is the
+summed weight of the groups holding a pixel, :func:`sop_pixel_importance`), each classified by
+the SOP authors' fraction rules (:data:`~cosmo_sop.structures.definitions.PURITY_VOID`,
+:data:`~cosmo_sop.structures.definitions.PURITY_CLUSTER`), and the purity is the share of a
+map's cells in the majority class among void and cluster (:func:`cell_purity`). SOP's *group*
+purity (:func:`sop_purity`: the same share among its top groups) is kept beside it, for SOP
+alone. :func:`purity_table` gives the mean over maps per method and output, with bootstrap
+intervals.
 
-The relaxed void rule (mean < 0) holds for about half of all *random* groups (the field is
-skewed: its median lies below its mean), so a purity near 0.5 is what chance gives; compare
-purities between methods, not with 0.
+Classes are defined by fractions, not means: with the paper's mean rules a 20 % group can
+never be a cluster (mean > 2 sigma, see :mod:`~cosmo_sop.structures.definitions`) while a small
+cell can, so purity would favour methods with small parts. Compare purities between methods,
+and with random parts, not with 0 or 1.
 """
 
 from __future__ import annotations
@@ -273,3 +278,34 @@ def purity_table(
         coords={"method": list(arrays), "output": list(outputs)},
         attrs={"n_boot": int(n_boot), "seed": int(seed), "confidence": confidence},
     )
+
+
+def sop_pixel_importance(
+    masks: np.ndarray, scores: np.ndarray, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """SOP's pixel importance (N, n_out, H, W): the summed weights of the valid groups holding
+    each pixel (as :func:`cosmo_sop.attribution.group_pixel_importance`, without PyTorch)."""
+    masks = np.asarray(masks, dtype=bool)
+    scores, valid = check_scores(scores, valid)
+    weights = np.where(valid[..., None], scores, 0.0)
+    return np.einsum("nmhw,nmo->nohw", masks.astype(np.float64), weights)
+
+
+def method_purities(
+    sigma: np.ndarray,
+    importance: Mapping[str, np.ndarray],
+    definitions: Sequence[StructureDefinition] = DEFAULT_DEFINITIONS,
+    top_fraction: float = 0.2,
+) -> dict[str, np.ndarray]:
+    """Purity (N, n_out) of every method by one rule, SOP included.
+
+    Every method's parts are the cells (:func:`attribution_cells`) of its top ``top_fraction``
+    pixels by |importance| (SOP's importance: :func:`sop_pixel_importance`), classified by the
+    purity definitions :data:`PURITY_VOID` and :data:`PURITY_CLUSTER` (the authors' fraction
+    rules) and counted as in :func:`cell_purity`. SOP's own group purity (:func:`sop_purity`)
+    counts whole groups instead, which compares SOP with itself only.
+    """
+    return {
+        method: cell_purity(sigma, values, definitions, top_fraction)
+        for method, values in importance.items()
+    }

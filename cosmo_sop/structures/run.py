@@ -1,17 +1,19 @@
 """The ``structures`` step of one noise level: voids and clusters among SOP's groups.
 
 Classifies every SOP group as void / cluster by the kappa it covers, weighs the classes for
-Omega_m and sigma_8 with bootstrap intervals, records whether the SOP paper's finding (voids
-weigh more for Omega_m, clusters for sigma_8) holds, and measures the purity of each map's top
-groups. Writes, into the level's science folder (:func:`cosmo_sop.layout.science_dir`),
-``weights.csv``, ``verdicts.json``, ``purity_sop.json``, ``weight_histograms.png`` and
-``example_groups*.png``.
+Omega_m and sigma_8 with intervals from a bootstrap over cosmologies, records whether the SOP
+paper's finding (voids weigh more for Omega_m, clusters for sigma_8) holds, weighs the null
+controls (:mod:`~cosmo_sop.structures.nulls`: the SOP at initialisation, uniform scores, random
+groups) the same way and flags the verdicts that stand apart from every null as findings
+(:mod:`~cosmo_sop.structures.findings`), and measures purity. Writes, into the level's science
+folder (:func:`cosmo_sop.layout.science_dir`), ``weights.csv``, ``verdicts.json``,
+``purity_sop.json``, ``weight_histograms.png`` and ``example_groups*.png``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,36 +26,30 @@ from cosmo_sop.errors import InputError
 from cosmo_sop.explain import kappa_rows, open_explanations, patches_for
 from cosmo_sop.figures.structures import plot_groups, plot_weight_histograms
 from cosmo_sop.layout import EXAMPLE_GROUPS, PURITY_SOP, VERDICTS, WEIGHT_HISTOGRAMS, WEIGHTS_CSV
-from cosmo_sop.storage import finite_or_none, write_csv, write_json
+from cosmo_sop.models.trained import load_sop
+from cosmo_sop.storage import finite_or_none, write_json
 from cosmo_sop.structures.classes import classify, group_labels, group_statistics, sigma_map
-from cosmo_sop.structures.definitions import (
-    PURITY_CLUSTER,
-    PURITY_VOID,
-    StructureDefinition,
-    checked_definitions,
+from cosmo_sop.structures.definitions import StructureDefinition, checked_definitions
+from cosmo_sop.structures.findings import with_nulls
+from cosmo_sop.structures.nulls import (
+    INIT_STREAM,
+    RANDOM_STREAM,
+    check_nulls,
+    initial_sop,
+    null_groups,
 )
-from cosmo_sop.structures.purity import purity_table, sop_purity
+from cosmo_sop.structures.purity import cell_purity, purity_table, sop_pixel_importance, sop_purity
+from cosmo_sop.structures.records import (
+    purity_content,
+    verdicts_content,
+    write_weights_csv,
+)
 from cosmo_sop.structures.weights import verdicts, weight_table
 from cosmo_sop.training.data import PatchData
+from cosmo_sop.training.loop import derived_seed
 
-#: Maps whose masks and sigma maps are in memory at a time while classifying.
-MAPS_PER_CHUNK = 256
-
-#: Columns of ``weights.csv``: one row per definition and output.
-WEIGHTS_COLUMNS = (
-    "definition",
-    "kind",
-    "rule",
-    "output",
-    "mean_weight",
-    "ci_low",
-    "ci_high",
-    "n_groups",
-    "mean_weight_all",
-    "ratio_Om_s8",
-    "ratio_low",
-    "ratio_high",
-)
+#: Maps whose masks, sigma maps and null groups are in memory at a time.
+MAPS_PER_CHUNK = 64
 
 
 def run(
@@ -62,68 +58,99 @@ def run(
     explanations: str | os.PathLike,
     patches: str | os.PathLike,
     out_dir: str | os.PathLike,
+    sop: str | os.PathLike | None = None,
+    segments: str | os.PathLike | None = None,
     smoothing_pixels: float = 0.0,
     n_examples: int = 3,
 ) -> dict[str, Any]:
-    """Weights of void and cluster groups for Omega_m and sigma_8, and the purity of SOP's groups.
+    """Weights of void and cluster groups for Omega_m and sigma_8, their nulls, and purity.
 
     Parameters
     ----------
     config
         The validated config (:func:`cosmo_sop.config.validate_config`); reads ``seed`` and
-        ``structures``: ``definitions`` (must include a void named ``"void"`` and a cluster
-        named ``"cluster"``, for purity and the figures), ``n_boot`` (bootstrap replicates;
-        intervals are 95 %), ``nonzero_only`` (average only groups with weight > 0, see
-        :func:`cosmo_sop.structures.weight_table`) and ``bootstrap_blocks`` (``"map"``:
-        resample maps; ``"cosmology"``: whole cosmologies, whose patches are correlated).
+        ``structures``: ``definitions`` (must include ``void_authors`` and ``cluster_authors``,
+        for purity and the figures), ``n_boot`` (bootstrap replicates; intervals are 95 %),
+        ``nonzero_only`` (see :func:`cosmo_sop.structures.weight_table`),
+        ``bootstrap_blocks`` (``"cosmology"``: resample whole cosmologies; ``"map"``: maps) and
+        ``nulls`` (the null controls to weigh).
     explanations
         Explanation store written by :func:`cosmo_sop.explain.explain_split`.
     patches
-        The patch store the explanations were made from (checked): the groups are classified on
-        its kappa maps.
+        The patch store the explanations were made from (checked).
     out_dir
         Folder for the outputs (created).
+    sop
+        Run folder of the trained SOP (for the ``initial`` and ``random`` nulls); None: the
+        folder the explanation store names (its ``sop_dir`` attribute).
+    segments
+        The segments store, for a SOP with segment tokens (random groups draw segments;
+        default: the one the explanation store names).
     smoothing_pixels
-        Gaussian smoothing (sigma in pixels) of the bin-combined map before classifying (0:
-        none, as the workflow runs it).
+        Gaussian smoothing (sigma in pixels) of the bin-combined map before classifying.
     n_examples
         Maps drawn with their groups: those with the most groups of non-zero weight.
 
     Returns
     -------
     dict
-        ``n_maps``, ``weights`` (the :func:`~cosmo_sop.structures.weight_table` Dataset),
-        ``verdicts`` (the records of :func:`~cosmo_sop.structures.verdict`, one per definition),
-        ``purity_sop`` (output -> mean purity with its interval), ``files`` (name -> path).
-        Classes without groups give NaN weights and the outcome ``"no_groups"``; they do not
-        stop the analysis.
-
-    Notes
-    -----
-    Writes ``weights.csv`` (one row per definition and output), ``verdicts.json`` (the settings,
-    the weights and the verdict records), ``purity_sop.json``, ``weight_histograms.png``/``.pdf``,
-    ``example_groups.png`` (then ``example_groups_2.png``, ...)/``.pdf``.
+        ``n_maps``, ``weights`` (the trained SOP's weight table), ``null_weights`` (null ->
+        its table), ``verdicts`` (records with the nulls and the finding flag), ``purity_sop``
+        (output -> mean purity with its interval), ``files`` (name -> path).
     """
     settings = _settings(config, smoothing_pixels)
     definitions = checked_definitions(config["structures"]["definitions"])
     explained = open_explanations(explanations)
-    data = patches_for(explained, explanations, patches)
+    segment_tokens = explained.attrs.get("tokens") == "segments"
+    nulls = check_nulls(config["structures"]["nulls"])
+    if segment_tokens:
+        # As for the SOP folder: by default the segments store the explanations name.
+        segments = segments or explained.attrs.get("segments_store") or None
+        if segments is None and set(nulls) & {"initial", "random"}:
+            raise InputError(
+                explanations,
+                "a segment-token SOP's null controls need its segments store (--segments)",
+            )
+    data = patches_for(explained, explanations, patches, segments if segment_tokens else None)
     blocks = _blocks(explained, settings["bootstrap_blocks"])
+    models = _null_models(nulls, sop or explained.attrs.get("sop_dir"), settings)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    stats = _group_statistics(explained, data, definitions, settings["smoothing_pixels"])
-    membership = classify(stats, definitions)
+    measured = _measure(explained, data, definitions, settings, nulls, models)
+    membership = classify(measured["stats"], definitions)
     scores = np.asarray(explained["scores"].values, dtype=np.float64)
-    valid = stats["valid"].values
-    table, purity = _weigh(scores, membership, valid, explained, settings, blocks)
-    records = verdicts(table)
-
-    content = _verdicts_content(table, records, definitions, settings, explained, explanations)
+    valid = measured["stats"]["valid"].values
+    outputs = [str(o) for o in explained["output"].values]
+    table = _table(scores, membership, valid, outputs, settings, blocks)
+    null_tables = {
+        name: _table(
+            part["scores"],
+            classify(part["stats"], definitions),
+            part["valid"],
+            outputs,
+            settings,
+            blocks,
+        )
+        for name, part in measured["nulls"].items()
+    }
+    records = [with_nulls(r, table, null_tables) for r in verdicts(table)]
+    purity = {
+        kind: _purity_by_output(values, outputs, settings, blocks)
+        for kind, values in (
+            ("cells", measured["cell_purity"]),
+            ("groups", sop_purity(scores, membership, valid)),
+        )
+    }
+    content = verdicts_content(
+        table, records, definitions, settings, explained, explanations, null_tables
+    )
     files = {
         "weights": write_weights_csv(table, out_dir / WEIGHTS_CSV),
         "verdicts": write_json(out_dir / VERDICTS, content),
-        "purity_sop": write_json(out_dir / PURITY_SOP, _purity_content(purity, settings)),
+        "purity_sop": write_json(
+            out_dir / PURITY_SOP, purity_content(purity["cells"], purity["groups"], settings)
+        ),
         "weight_histograms": _plot_histograms(scores, membership, valid, explained, out_dir),
     }
     labels = group_labels(membership)
@@ -131,8 +158,9 @@ def run(
     return {
         "n_maps": int(scores.shape[0]),
         "weights": table,
+        "null_weights": null_tables,
         "verdicts": records,
-        "purity_sop": purity,
+        "purity_sop": purity["cells"],
         "files": files,
     }
 
@@ -146,6 +174,7 @@ def _settings(config: Mapping[str, Any], smoothing_pixels: float) -> dict[str, A
         "nonzero_only": bool(options["nonzero_only"]),
         "bootstrap_blocks": options["bootstrap_blocks"],
         "smoothing_pixels": float(smoothing_pixels),
+        "null_notes": {},
     }
 
 
@@ -161,145 +190,124 @@ def _blocks(explanations: xr.Dataset, bootstrap_blocks: str) -> np.ndarray | Non
     )
 
 
-def _group_statistics(
+def _null_models(
+    nulls: Sequence[str], sop_dir: str | os.PathLike | None, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """The trained SOP and its initial state, where a null needs them; notes how the initial
+    state was seeded into ``settings["null_notes"]``."""
+    if not set(nulls) & {"initial", "random"}:
+        return {}
+    if not sop_dir:
+        raise InputError("argument 'sop'", "the initial and random nulls need the SOP run folder")
+    trained = load_sop(sop_dir)
+    models: dict[str, Any] = {"trained": trained, "initial": None}
+    if "initial" in nulls:
+        recorded = (trained.sidecar.get("training_config") or {}).get("seed")
+        seed = settings["seed"] if recorded is None else int(recorded)
+        models["initial"] = initial_sop(trained, seed)
+        source = "the config seed" if recorded is None else "the training seed of the sidecar"
+        settings["null_notes"]["initial"] = (
+            f"SumOfParts.from_config(trained backbone, trained config) under "
+            f"derived_seed({seed}, {INIT_STREAM}) ({source}), as train_sop initialises it"
+        )
+    return models
+
+
+def _measure(
     explanations: xr.Dataset,
     data: PatchData,
     definitions: tuple[StructureDefinition, ...],
-    smoothing_pixels: float,
-) -> xr.Dataset:
-    """:func:`~cosmo_sop.structures.group_statistics` of every explained map."""
-    # Chunk by chunk of maps: masks and sigma maps of a whole split need not fit in memory; the
-    # per-group statistics are small.
+    settings: Mapping[str, Any],
+    nulls: Sequence[str],
+    models: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Group statistics of the trained SOP and of every null, and SOP's cell purity, chunk by
+    chunk of maps (masks, sigma maps and null groups of a whole split need not fit in memory;
+    the per-group statistics are small)."""
     rows = np.asarray(explanations["store_index"].values)
-    pieces = []
+    tokens = next(v for v in ("group_tokens", "group_segments") if v in explanations)
+    rng = np.random.default_rng(derived_seed(settings["seed"], RANDOM_STREAM))
+    stats, cells = [], []
+    parts: dict[str, list[Any]] = {name: [] for name in nulls}
     starts = range(0, rows.size, MAPS_PER_CHUNK)
-    for start in tqdm(starts, desc="classifying groups", unit="chunk", disable=len(starts) < 2):
+    for start in tqdm(starts, desc="groups and nulls", unit="chunk", disable=len(starts) < 2):
         here = slice(start, start + MAPS_PER_CHUNK)
-        sigma = sigma_map(kappa_rows(data, rows[here]), smoothing_pixels)
+        kappa = kappa_rows(data, rows[here])
+        sigma = sigma_map(kappa, settings["smoothing_pixels"])
         chunk = explanations.isel(sample=here)
         masks, valid = chunk["masks"].values, chunk["valid"].values
-        pieces.append(group_statistics(sigma, masks, valid, definitions))
+        scores = chunk["scores"].values
+        stats.append(group_statistics(sigma, masks, valid, definitions))
+        importance = sop_pixel_importance(masks, scores, valid)
+        cells.append(cell_purity(sigma, importance, definitions))
+        if not nulls:
+            continue
+        segments = None
+        if data.seg_ds is not None:
+            segments = np.asarray(data.seg_ds["segments"].isel(sample=rows[here]).values)
+        groups = {"masks": masks, "valid": valid, "scores": scores, "tokens": chunk[tokens].values}
+        made = null_groups(
+            nulls, kappa, segments, models.get("trained"), models.get("initial"), groups, rng
+        )
+        for name, null in made.items():
+            null_stats = group_statistics(sigma, null.masks, null.valid, definitions)
+            parts[name].append((null_stats, null.scores, null.valid & null_stats["valid"].values))
+    joined = {
+        name: {
+            "stats": _concat([p[0] for p in pieces]),
+            "scores": np.concatenate([p[1] for p in pieces]),
+            "valid": np.concatenate([p[2] for p in pieces]),
+        }
+        for name, pieces in parts.items()
+    }
+    return {"stats": _concat(stats), "cell_purity": np.concatenate(cells), "nulls": joined}
+
+
+def _concat(pieces: list[xr.Dataset]) -> xr.Dataset:
     return xr.concat(pieces, dim="sample") if len(pieces) > 1 else pieces[0]
 
 
-def _weigh(
+def _table(
     scores: np.ndarray,
     membership: xr.DataArray,
     valid: np.ndarray,
-    explanations: xr.Dataset,
+    outputs: list[str],
     settings: Mapping[str, Any],
     blocks: np.ndarray | None,
-) -> tuple[xr.Dataset, dict[str, dict[str, Any]]]:
-    """The weight table of the classes, and output -> mean purity of SOP's top groups with its
-    interval and the number of maps it is defined on."""
-    outputs = [str(o) for o in explanations["output"].values]
-    n_boot, seed = settings["n_boot"], settings["seed"]
-    table = weight_table(
-        scores, membership, valid, outputs, settings["nonzero_only"], n_boot, seed, blocks=blocks
+) -> xr.Dataset:
+    """A weight table with the step's bootstrap (the same seed: the same resampled blocks)."""
+    return weight_table(
+        scores,
+        membership,
+        valid,
+        outputs,
+        settings["nonzero_only"],
+        settings["n_boot"],
+        settings["seed"],
+        blocks=blocks,
     )
-    purities = {SOP: sop_purity(scores, membership, valid)}
-    purity = purity_table(purities, outputs, n_boot, seed, blocks=blocks).sel({"method": SOP})
-    by_output = {
+
+
+def _purity_by_output(
+    purity: np.ndarray,
+    outputs: list[str],
+    settings: Mapping[str, Any],
+    blocks: np.ndarray | None,
+) -> dict[str, dict[str, Any]]:
+    """Output -> mean purity over maps, its interval and the maps it is defined on."""
+    table = purity_table(
+        {SOP: purity}, outputs, settings["n_boot"], settings["seed"], blocks=blocks
+    )
+    table = table.sel({"method": SOP})
+    return {
         output: {
-            "purity": finite_or_none(purity["purity"].sel(output=output)),
-            "ci_low": finite_or_none(purity["ci_low"].sel(output=output)),
-            "ci_high": finite_or_none(purity["ci_high"].sel(output=output)),
-            "n_maps": int(purity["n_maps"].sel(output=output)),
+            "purity": finite_or_none(table["purity"].sel(output=output)),
+            "ci_low": finite_or_none(table["ci_low"].sel(output=output)),
+            "ci_high": finite_or_none(table["ci_high"].sel(output=output)),
+            "n_maps": int(table["n_maps"].sel(output=output)),
         }
         for output in outputs
     }
-    return table, by_output
-
-
-def _verdicts_content(
-    table: xr.Dataset,
-    records: list[dict[str, Any]],
-    definitions: tuple[StructureDefinition, ...],
-    settings: Mapping[str, Any],
-    explanations: xr.Dataset,
-    explanations_store: str | os.PathLike,
-) -> dict[str, Any]:
-    """verdicts.json: the settings the verdicts were made with, the weights, the records."""
-    return {
-        "outputs": [str(o) for o in table["output"].values],
-        "confidence": float(table.attrs["confidence"]),
-        "n_maps": int(table.attrs["n_maps"]),
-        "n_blocks": int(table.attrs["n_blocks"]),
-        "bootstrap_blocks": settings["bootstrap_blocks"],
-        "n_boot": settings["n_boot"],
-        "seed": settings["seed"],
-        "nonzero_only": settings["nonzero_only"],
-        "smoothing_pixels": settings["smoothing_pixels"],
-        "noise_level": str(explanations.attrs.get("noise_level", "")),
-        "explanations_store": str(Path(explanations_store).resolve()),
-        "definitions": [d.to_config() for d in definitions],
-        "weights": _weights_json(table),
-        "verdicts": records,
-    }
-
-
-def _purity_content(purity: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    """purity_sop.json: SOP's purity per output, what it counts, and the bootstrap settings."""
-    return {
-        "purity": purity,
-        "top_groups": "groups with non-zero weight for the output",
-        "void": PURITY_VOID,
-        "cluster": PURITY_CLUSTER,
-        "n_boot": settings["n_boot"],
-        "seed": settings["seed"],
-        "bootstrap_blocks": settings["bootstrap_blocks"],
-    }
-
-
-def write_weights_csv(table: xr.Dataset, path: Path) -> Path:
-    """One row per definition and output: the class's mean weight, interval, count, and ratio."""
-    rows = []
-    for definition in table["definition"].values:
-        row = table.sel(definition=definition)
-        ratio = [f"{float(row[k]):.6g}" for k in ("ratio", "ratio_low", "ratio_high")]
-        for output in table["output"].values:
-            cell = row.sel(output=output)
-            rows.append(
-                [
-                    definition,
-                    str(row["kind"].values),
-                    str(row["rule"].values),
-                    output,
-                    *(f"{float(cell[k]):.6g}" for k in ("mean_weight", "ci_low", "ci_high")),
-                    int(cell["n_groups"]),
-                    f"{float(table['mean_weight_all'].sel(output=output)):.6g}",
-                    *ratio,
-                ]
-            )
-    return write_csv(path, WEIGHTS_COLUMNS, rows)
-
-
-def _weights_json(table: xr.Dataset) -> dict[str, Any]:
-    """Definition -> kind, rule, per-output mean weight with interval and count, and the ratio;
-    ``all_groups``: the mean weight of all groups per output."""
-    out: dict[str, Any] = {}
-    for definition in table["definition"].values:
-        row = table.sel(definition=definition)
-        entry: dict[str, Any] = {"kind": str(row["kind"].values), "rule": str(row["rule"].values)}
-        for output in table["output"].values:
-            cell = row.sel(output=output)
-            entry[str(output)] = {
-                "mean_weight": finite_or_none(cell["mean_weight"]),
-                "ci_low": finite_or_none(cell["ci_low"]),
-                "ci_high": finite_or_none(cell["ci_high"]),
-                "n_groups": int(cell["n_groups"]),
-            }
-        entry["ratio"] = {
-            "value": finite_or_none(row["ratio"]),
-            "ci_low": finite_or_none(row["ratio_low"]),
-            "ci_high": finite_or_none(row["ratio_high"]),
-        }
-        out[str(definition)] = entry
-    out["all_groups"] = {
-        str(o): {"mean_weight": finite_or_none(table["mean_weight_all"].sel(output=o))}
-        for o in table["output"].values
-    }
-    return out
 
 
 def _plot_histograms(

@@ -7,26 +7,32 @@ schedule, early stopping, a checkpoint after every epoch that an interrupted run
 bit-identically); its options are the config's ``training`` section and ``seed``
 (:func:`training_options`). :class:`PatchData` opens a patch store (and its segments) and hands
 out a :class:`PatchDataset` per split; :func:`augment_batch` and :func:`mask_random_groups`
-augment training batches; :func:`evaluate` gives a model's errors and predictions on a dataset.
+augment training batches; :func:`evaluate` gives a model's errors and predictions on a dataset;
+:func:`random_group_floor` the error of the backbone on random groups, the floor under SOP's.
 """
 
 from cosmo_sop.training.augment import augment_batch, dihedral_transform, mask_random_groups
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.checkpoint import config_hash
+from cosmo_sop.training.comparison import mse_ratio_to_backbone
 from cosmo_sop.training.data import SAMPLE_KEYS, SPLITS, PatchData, PatchDataset
 from cosmo_sop.training.evaluation import evaluate
+from cosmo_sop.training.floor import random_group_floor, random_token_sets
 from cosmo_sop.training.loop import derived_seed, fit
 from cosmo_sop.training.options import select_device, training_options
 from cosmo_sop.training.runs import (
+    INIT_PURPOSE,
     fit_options,
     group_statistics,
     predict_backbone,
     predict_sop,
+    sop_model_settings,
     train_backbone,
     train_sop,
 )
 
 __all__ = [
+    "INIT_PURPOSE",
     "SAMPLE_KEYS",
     "SPLITS",
     "EpochBatchSampler",
@@ -42,9 +48,13 @@ __all__ = [
     "fit_options",
     "group_statistics",
     "mask_random_groups",
+    "mse_ratio_to_backbone",
     "predict_backbone",
     "predict_sop",
+    "random_group_floor",
+    "random_token_sets",
     "select_device",
+    "sop_model_settings",
     "train_backbone",
     "train_sop",
     "training_options",

@@ -76,14 +76,15 @@ def mask_random_groups(
     probability: float,
     grid: int,
     min_keep: float,
+    max_keep: float,
 ) -> dict[str, torch.Tensor]:
     """Zero random cells of some maps, so a backbone learns to predict from partial maps.
 
     A Sum-of-Parts model feeds its frozen backbone masked maps g ⊙ x that keep about 20% of the
     map, so the backbone's predictions on such inputs must mean something. Each map is masked
     with ``probability``: it is cut into a ``grid`` x ``grid`` lattice of cells (SOP's patch
-    tokens) and a random fraction, uniform in [``min_keep``, 1], of the cells is kept; kappa is
-    set to 0 (its mean) elsewhere.
+    tokens) and a random fraction, uniform in [``min_keep``, ``max_keep``], of the cells is kept;
+    kappa is set to 0 (its mean) elsewhere. ``min_keep = max_keep = tau`` masks like SOP's groups.
 
     Parameters
     ----------
@@ -95,7 +96,7 @@ def mask_random_groups(
     kappa = batch["kappa"]
     n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
     masked = torch.rand(n, generator=generator) < probability
-    keep = min_keep + (1 - min_keep) * torch.rand(n, generator=generator)
+    keep = min_keep + (max_keep - min_keep) * torch.rand(n, generator=generator)
     # A cell is kept when its random rank falls below the kept fraction of the cells.
     scores = torch.rand(n, grid * grid, generator=generator)
     ranks = scores.argsort(dim=1).argsort(dim=1).float() / (grid * grid)

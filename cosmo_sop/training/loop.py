@@ -248,6 +248,7 @@ class _Run:
                 probability=self.cfg["mask_probability"],
                 grid=self.cfg["mask_grid"],
                 min_keep=self.cfg["mask_min_keep"],
+                max_keep=self.cfg["mask_max_keep"],
             )
         if self.placement.channels_last:
             batch["kappa"] = batch["kappa"].contiguous(memory_format=torch.channels_last)

@@ -1,7 +1,7 @@
 """The optimiser of a run and its early stopping.
 
 :class:`Optimisation` steps AdamW, its learning-rate schedule (one-cycle: linear warm-up, then
-cosine decay; or constant) and the fp16 gradient scaler together. :class:`Progress` is where a
+cosine decay; linear warm-up then inverse square root; or constant) and the fp16 gradient scaler together. :class:`Progress` is where a
 run stands: finished epochs, their metrics, early stopping on the validation loss and the best
 weights. Both are saved in the checkpoint after every epoch.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +20,15 @@ import torch
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of a state dict, contiguous (safetensors needs it) and unshared."""
     return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def _inverse_sqrt(step: int, warmup: float) -> float:
+    """Learning-rate factor of step ``step`` (from 0): linear warm-up, then inverse square root.
+
+    The decay of the authors' SOP runs: the rate falls slowly, so late steps still learn.
+    """
+    step += 1
+    return step / warmup if step < warmup else math.sqrt(warmup / step)
 
 
 class Optimisation:
@@ -67,6 +77,11 @@ class Optimisation:
                 pct_start=warmup,
                 anneal_strategy="cos",
                 cycle_momentum=False,
+            )
+        elif cfg["schedule"] == "inverse_sqrt":  # linear warm-up, then lr sqrt(warm-up / step)
+            warmup = max(1.0, cfg["warmup_fraction"] * cfg["epochs"] * steps_per_epoch)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer, partial(_inverse_sqrt, warmup=warmup)
             )
         else:
             self.scheduler = torch.optim.lr_scheduler.ConstantLR(

@@ -69,7 +69,9 @@ class Placement:
     amp_dtype
         Autocast dtype (bf16 or fp16), or None for full fp32.
     channels_last
-        NHWC memory layout of the maps (CUDA only).
+        NHWC memory layout of the maps and convolutions (on CPU too: ~1.5x faster training
+        steps of the demo's backbone and SOP on one core, measured by
+        ``benchmarks/sop_training.py``).
     """
 
     device: torch.device
@@ -83,7 +85,7 @@ class Placement:
         return cls(
             device,
             autocast_dtype(cfg["precision"], device),
-            cfg["channels_last"] and device.type == "cuda",
+            cfg["channels_last"],
         )
 
 

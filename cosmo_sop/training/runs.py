@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cosmo_sop.attribution.registry import group_pixel_importance
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.faithfulness.ranks import mass_fraction
 from cosmo_sop.layout import TEST_METRICS, TEST_PREDICTIONS, WEIGHTS
 from cosmo_sop.models.backbone import ConvRegressor
 from cosmo_sop.models.sop import SumOfParts
@@ -33,12 +36,17 @@ from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.trained import check_provenance, load_backbone
 from cosmo_sop.storage import atomic_path, write_json
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
+from cosmo_sop.training.comparison import mse_ratio_to_backbone, read_test_predictions
 from cosmo_sop.training.data import SPLITS, PatchData
 from cosmo_sop.training.evaluation import Predict, evaluate
+from cosmo_sop.training.floor import random_group_floor
 from cosmo_sop.training.loop import derived_seed, fit
 
-#: Purpose of the derived seed of model initialisation.
-_INIT = 101
+#: Purpose of the derived seed of model initialisation (public: the structures stage rebuilds
+#: SOP at initialisation as a null model).
+INIT_PURPOSE = 101
+#: Purposes of derived seeds: the floor's random groups, the bootstrap.
+_FLOOR, _BOOTSTRAP = 102, 103
 
 
 def predict_backbone(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -59,10 +67,20 @@ def fit_options(config: dict[str, Any], overrides: dict[str, Any] | None = None)
     return {**config["training"], **(overrides or {}), "seed": config["seed"]}
 
 
+def sop_model_settings(sop: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config's ``sop`` section that build the model (``SumOfParts.from_backbone``
+    arguments, ``encoder_blocks`` included); the others say how to train and evaluate it."""
+    return {k: v for k, v in sop.items() if k not in _SOP_RUN_KEYS}
+
+
+#: Keys of the ``sop`` section about the run rather than the model.
+_SOP_RUN_KEYS = ("training", "max_train_maps", "n_boot", "sweep_keep_fractions")
+
+
 def _seeded_init(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     # Initialise from the config seed without touching the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed, _INIT))
+        torch.manual_seed(derived_seed(seed, INIT_PURPOSE))
         return build()
 
 
@@ -163,7 +181,7 @@ def train_sop(
     _require_splits(data)
     scaler = LabelScaler.from_state_dict(backbone_sidecar["label_scaler"])
 
-    settings = {k: v for k, v in config["sop"].items() if k not in ("training", "max_train_maps")}
+    settings = sop_model_settings(config["sop"])
     encoder_blocks = settings.pop("encoder_blocks")
     input_shape = tuple(data.ds.sizes[d] for d in ("bin", "y", "x"))
     model = _seeded_init(
@@ -186,7 +204,10 @@ def train_sop(
         model_config={"kind": "sop", "backbone": backbone.config, "sop": model.config},
         restart_stale=restart_stale,
     )
-    return _write_test_metrics(model, data, scaler, predict_sop, run_dir, config)
+    backbone_predictions = Path(backbone_dir) / TEST_PREDICTIONS
+    return _write_test_metrics(
+        model, data, scaler, predict_sop, run_dir, config, backbone_predictions
+    )
 
 
 def _write_test_metrics(
@@ -196,8 +217,13 @@ def _write_test_metrics(
     predict: Predict,
     run_dir: str | os.PathLike,
     config: dict[str, Any],
+    backbone_predictions: Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on the test split; write ``test_metrics.json`` and the predictions."""
+    """Evaluate ``model`` on the test split; write ``test_metrics.json`` and the predictions.
+
+    For SOP, also its group statistics, the random-group floor and, from the backbone's
+    ``backbone_predictions``, the MSE ratio to the backbone with cosmology-bootstrap CIs.
+    """
     test = data.dataset("test", scaler, config["training"]["memory_budget_gib"])
     result = evaluate(model, test, predict, batch_size=config["training"]["eval_batch_size"])
     metrics = {
@@ -207,7 +233,22 @@ def _write_test_metrics(
         "noise_level": data.provenance().get("noise_level"),
     }
     if isinstance(model, SumOfParts):
-        metrics["groups"] = group_statistics(model, test, config["training"]["eval_batch_size"])
+        batch_size = config["training"]["eval_batch_size"]
+        # The schema's mass: train_sop does not read the evaluation section, whose changes must
+        # not retrain SOP; the record names the mass used.
+        mass = defaults("evaluation")["sparsity_mass"]
+        metrics["groups"] = group_statistics(model, test, batch_size, mass)
+        metrics["versus_backbone"] = mse_ratio_to_backbone(
+            result,
+            read_test_predictions(backbone_predictions),
+            data.ds["cosmology"].values[result["sample"]],
+            config["sop"]["n_boot"],
+            derived_seed(config["seed"], _BOOTSTRAP),
+            backbone_predictions,
+        )
+        metrics["floor"] = random_group_floor(
+            model, test, batch_size, derived_seed(config["seed"], _FLOOR)
+        )
     run_dir = Path(run_dir)
     # Through a file object: np.savez would append .npz to the temporary name.
     with atomic_path(run_dir / TEST_PREDICTIONS) as tmp, open(tmp, "wb") as f:
@@ -225,11 +266,15 @@ def _write_test_metrics(
 
 @torch.inference_mode()
 def group_statistics(
-    model: SumOfParts, data: torch.utils.data.Dataset, batch_size: int
+    model: SumOfParts, data: torch.utils.data.Dataset, batch_size: int, sparsity_mass: float
 ) -> dict[str, Any]:
-    """Per output: mean number of groups with non-zero score per map, and their mean size.
+    """Per output: groups with non-zero score per map, their mean size, and SOP's sparsity.
 
     Sizes are fractions of the map's pixels, averaged over the groups with non-zero score.
+    Sparsity is the faithfulness table's one definition
+    (:func:`~cosmo_sop.faithfulness.ranks.mass_fraction`): the fraction of a map's pixels
+    holding ``sparsity_mass`` of its attribution sum_i |c_i y_i| (groups holding the pixel,
+    y_i in physical units), averaged over maps.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -238,7 +283,9 @@ def group_statistics(
         batch_sampler=EpochBatchSampler(len(data), batch_size, shuffle=False),
         collate_fn=collate_batch,
     )
-    n_nonzero, size_sum, n_maps = 0.0, 0.0, 0
+    scale = torch.as_tensor(data.scaler.std, dtype=torch.float64)
+    mean = torch.as_tensor(data.scaler.mean, dtype=torch.float64)
+    n_nonzero, size_sum, sparsity_sum, n_maps = 0.0, 0.0, 0.0, 0
     for batch in loader:
         kappa = batch["kappa"].to(device)
         segments = batch.get("segments")
@@ -247,11 +294,27 @@ def group_statistics(
         fraction = parts.masks.float().mean(dim=(2, 3))  # (B, m)
         n_nonzero = n_nonzero + nonzero.sum(dim=(0, 1)).double()
         size_sum = size_sum + (nonzero * fraction[..., None]).sum(dim=(0, 1)).double()
+        physical = parts.partial.cpu().double() * scale + mean
+        contribution = (parts.scores.cpu().double() * physical).abs() * parts.valid.cpu()[..., None]
+        sparsity_sum = sparsity_sum + torch.tensor(
+            [
+                mass_fraction(
+                    group_pixel_importance(parts.masks.cpu(), contribution[..., o]), sparsity_mass
+                ).sum()
+                for o in range(contribution.shape[-1])
+            ],
+            dtype=torch.float64,
+        )
         n_maps += kappa.shape[0]
     names = list(data.scaler.names)
+    per_output = lambda total: dict(zip(names, total.tolist(), strict=True))  # noqa: E731
     return {
         "n_maps": n_maps,
         "n_groups": model.config["n_groups"],
-        "nonzero_groups_per_map": dict(zip(names, (n_nonzero / n_maps).tolist(), strict=True)),
-        "mean_group_size": dict(zip(names, (size_sum / n_nonzero).tolist(), strict=True)),
+        "tokens": model.config["tokens"],
+        "keep_fraction": model.config["keep_fraction"],
+        "nonzero_groups_per_map": per_output(n_nonzero / n_maps),
+        "mean_group_size": per_output(size_sum / n_nonzero),
+        "sparsity": per_output(sparsity_sum / n_maps),
+        "sparsity_mass": sparsity_mass,
     }

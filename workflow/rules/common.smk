@@ -42,6 +42,22 @@ def config_json(*sections):
     return json.dumps({key: config[key] for key in ("seed", *sections)}, sort_keys=True)
 
 
+def sweep_config_json(keep_fraction):
+    """The train_sop keys with `sop.keep_fraction` set to one value of the sweep."""
+    keys = json.loads(config_json("training", "sop"))
+    keys["sop"] = {**keys["sop"], "keep_fraction": keep_fraction}
+    return json.dumps(keys, sort_keys=True)
+
+
+def sweep_outputs():
+    """Test metrics of SOP at every swept group size, on the first noise level."""
+    level = config["noise"][0]["name"]
+    return [
+        layout.sweep_model_dir(RESULTS, level, tau) / layout.TEST_METRICS
+        for tau in config["sop"]["sweep_keep_fractions"]
+    ]
+
+
 def noise_level(name):
     return next(level for level in config["noise"] if level["name"] == name)
 
@@ -81,7 +97,7 @@ def science_outputs():
         science = layout.science_dir(RESULTS, level)
         outputs += [science / layout.WEIGHTS_CSV, science / layout.FAITHFULNESS_CSV]
         outputs.append(layout.summary_statistics(RESULTS, level))
-    return outputs + model_outputs()
+    return outputs + model_outputs() + sweep_outputs()
 
 
 def data_stage_outputs():

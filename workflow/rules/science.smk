@@ -30,8 +30,10 @@ rule explain:
 
 rule structures:
     input:
+        unpack(sop_segments),
         explanations=layout.explanations(RESULTS, "{level}"),
         patches=layout.level_patches(RESULTS, "{level}"),
+        sop=layout.model_dir(RESULTS, "{level}", "sop") / layout.WEIGHTS,
     output:
         weights=layout.science_dir(RESULTS, "{level}") / layout.WEIGHTS_CSV,
         verdicts=layout.science_dir(RESULTS, "{level}") / layout.VERDICTS,
@@ -44,13 +46,18 @@ rule structures:
     params:
         config=config_json("structures"),
         out_dir=lambda wildcards, output: Path(output.weights).parent,
+        sop_dir=lambda wildcards, input: Path(input.sop).parent,
+        segments=lambda wildcards, input: (
+            f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
+        ),
     log:
         layout.log(RESULTS, "structures_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
         "python -m cosmo_sop structures --explanations {input.explanations:q}"
-        " --patches {input.patches:q} --output-dir {params.out_dir:q}"
+        " --patches {input.patches:q} --sop {params.sop_dir:q} {params.segments}"
+        " --output-dir {params.out_dir:q}"
         " --config-json {params.config:q} 2>&1 | tee {log:q}"
 
 
@@ -61,6 +68,7 @@ rule faithfulness:
         segments=layout.segments(RESULTS, "{level}"),
         backbone=layout.model_dir(RESULTS, "{level}", "backbone") / layout.WEIGHTS,
         xdnn=layout.model_dir(RESULTS, "{level}", "xdnn") / layout.WEIGHTS,
+        sop=layout.model_dir(RESULTS, "{level}", "sop") / layout.WEIGHTS,
     output:
         table=layout.science_dir(RESULTS, "{level}") / layout.FAITHFULNESS_CSV,
         curves=report(
@@ -74,6 +82,7 @@ rule faithfulness:
         out_dir=lambda wildcards, output: Path(output.table).parent,
         backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
         xdnn_dir=lambda wildcards, input: Path(input.xdnn).parent,
+        sop_dir=lambda wildcards, input: Path(input.sop).parent,
     threads: workflow.cores
     resources:
         mem_mb=8000,
@@ -86,7 +95,7 @@ rule faithfulness:
     shell:
         "python -m cosmo_sop faithfulness --explanations {input.explanations:q}"
         " --patches {input.patches:q} --segments {input.segments:q}"
-        " --backbone {params.backbone_dir:q} --xdnn {params.xdnn_dir:q}"
+        " --backbone {params.backbone_dir:q} --xdnn {params.xdnn_dir:q} --sop {params.sop_dir:q}"
         " --output-dir {params.out_dir:q} --config-json {params.config:q} 2>&1 | tee {log:q}"
 
 

@@ -36,6 +36,7 @@ rule train_sop:
         unpack(sop_segments),
         patches=layout.level_patches(RESULTS, "{level}"),
         backbone=layout.model_dir(RESULTS, "{level}", "backbone") / layout.WEIGHTS,
+        backbone_test=layout.model_dir(RESULTS, "{level}", "backbone") / layout.TEST_METRICS,
     output:
         weights=layout.model_dir(RESULTS, "{level}", "sop") / layout.WEIGHTS,
         metrics=layout.model_dir(RESULTS, "{level}", "sop") / layout.METRICS,
@@ -54,6 +55,41 @@ rule train_sop:
         gpu=config["training"]["gpus"],
     log:
         layout.log(RESULTS, "train_sop_{level}"),
+    conda:
+        "../envs/models.yaml"
+    shell:
+        "python -m cosmo_sop train-sop --patches {input.patches:q} {params.segments}"
+        " --backbone {params.backbone_dir:q} --output {params.run_dir:q} --restart-stale"
+        " --config-json {params.config:q} 2>&1 | tee {log:q}"
+
+
+# SOP at other group sizes tau (config key `sop.sweep_keep_fractions`) on the first noise level:
+# the report's trade-off of MSE against sparsity.
+rule train_sop_sweep:
+    input:
+        unpack(sop_segments),
+        patches=layout.level_patches(RESULTS, "{level}"),
+        backbone=layout.model_dir(RESULTS, "{level}", "backbone") / layout.WEIGHTS,
+        backbone_test=layout.model_dir(RESULTS, "{level}", "backbone") / layout.TEST_METRICS,
+    output:
+        weights=layout.sweep_model_dir(RESULTS, "{level}", "{tau}") / layout.WEIGHTS,
+        test=layout.sweep_model_dir(RESULTS, "{level}", "{tau}") / layout.TEST_METRICS,
+    wildcard_constraints:
+        tau=r"[0-9][0-9.eE+-]*",
+    params:
+        config=lambda wildcards: sweep_config_json(float(wildcards.tau)),
+        backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
+        segments=lambda wildcards, input: (
+            f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
+        ),
+        run_dir=lambda wildcards, output: Path(output.weights).parent,
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=config["training"]["gpus"],
+    log:
+        layout.log(RESULTS, "train_sop_sweep_{level}_{tau}"),
     conda:
         "../envs/models.yaml"
     shell:

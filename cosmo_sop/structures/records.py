@@ -1,0 +1,145 @@
+"""The structures step's records: ``weights.csv``, ``verdicts.json`` and ``purity_sop.json``.
+
+Numbers only (the report puts them into words). ``verdicts.json`` holds the settings the
+verdicts were made with (``bootstrap_blocks``: ``"cosmology"`` by default), the trained SOP's
+weights, the nulls' weights (``null_weights``), and one record per definition: the fields of
+:func:`~cosmo_sop.structures.verdict` with the nulls' ratios and the finding flag of
+:func:`~cosmo_sop.structures.findings.with_nulls`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from cosmo_sop.storage import finite_or_none, write_csv
+from cosmo_sop.structures.definitions import PURITY_CLUSTER, PURITY_VOID, StructureDefinition
+
+#: Columns of ``weights.csv``: one row per definition and output.
+WEIGHTS_COLUMNS = (
+    "definition",
+    "kind",
+    "rule",
+    "output",
+    "mean_weight",
+    "ci_low",
+    "ci_high",
+    "n_groups",
+    "mean_weight_all",
+    "ratio_Om_s8",
+    "ratio_low",
+    "ratio_high",
+)
+
+
+def verdicts_content(
+    table: xr.Dataset,
+    records: list[dict[str, Any]],
+    definitions: Sequence[StructureDefinition],
+    settings: Mapping[str, Any],
+    explanations: xr.Dataset,
+    explanations_store: str | os.PathLike,
+    null_tables: Mapping[str, xr.Dataset],
+) -> dict[str, Any]:
+    """verdicts.json: the settings the verdicts were made with, the weights, the records."""
+    return {
+        "outputs": [str(o) for o in table["output"].values],
+        "confidence": float(table.attrs["confidence"]),
+        "n_maps": int(table.attrs["n_maps"]),
+        "n_blocks": int(table.attrs["n_blocks"]),
+        "bootstrap_blocks": settings["bootstrap_blocks"],
+        "n_boot": settings["n_boot"],
+        "seed": settings["seed"],
+        "nonzero_only": settings["nonzero_only"],
+        "smoothing_pixels": settings["smoothing_pixels"],
+        "noise_level": str(explanations.attrs.get("noise_level", "")),
+        "explanations_store": str(Path(explanations_store).resolve()),
+        "definitions": [d.to_config() for d in definitions],
+        "nulls": list(null_tables),
+        "null_notes": settings.get("null_notes", {}),
+        "finding_rule": FINDING_RULE,
+        "weights": weights_json(table),
+        "null_weights": {name: weights_json(t) for name, t in null_tables.items()},
+        "verdicts": records,
+    }
+
+
+#: The rule of :func:`~cosmo_sop.structures.findings.with_nulls`, as verdicts.json records it.
+FINDING_RULE = (
+    "finding = outcome in (agrees, disagrees) and, for every null, the null's ratio interval "
+    "is defined and the trained SOP's lies wholly beyond it, on the side of 1 SOP's ratio is on "
+    "(same cosmology bootstrap draws)"
+)
+
+
+def purity_content(
+    purity: Mapping[str, Any], group_purity: Mapping[str, Any], settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    """purity_sop.json: SOP's purity per output by the rule of every method (cells of its top
+    pixels), its group purity, what they count, and the bootstrap settings."""
+    return {
+        "purity": purity,
+        "parts": "cells of the top 20% pixels of the summed group weights (every method's rule)",
+        "group_purity": group_purity,
+        "top_groups": "groups with non-zero weight for the output",
+        "void": PURITY_VOID,
+        "cluster": PURITY_CLUSTER,
+        "n_boot": settings["n_boot"],
+        "seed": settings["seed"],
+        "bootstrap_blocks": settings["bootstrap_blocks"],
+    }
+
+
+def write_weights_csv(table: xr.Dataset, path: Path) -> Path:
+    """One row per definition and output: the class's mean weight, interval, count, and ratio."""
+    rows = []
+    for definition in table["definition"].values:
+        row = table.sel(definition=definition)
+        ratio = [f"{float(row[k]):.6g}" for k in ("ratio", "ratio_low", "ratio_high")]
+        for output in table["output"].values:
+            cell = row.sel(output=output)
+            rows.append(
+                [
+                    definition,
+                    str(row["kind"].values),
+                    str(row["rule"].values),
+                    output,
+                    *(f"{float(cell[k]):.6g}" for k in ("mean_weight", "ci_low", "ci_high")),
+                    int(cell["n_groups"]),
+                    f"{float(table['mean_weight_all'].sel(output=output)):.6g}",
+                    *ratio,
+                ]
+            )
+    return write_csv(path, WEIGHTS_COLUMNS, rows)
+
+
+def weights_json(table: xr.Dataset) -> dict[str, Any]:
+    """Definition -> kind, rule, per-output mean weight with interval and count, and the ratio;
+    ``all_groups``: the mean weight of all groups per output."""
+    out: dict[str, Any] = {}
+    for definition in table["definition"].values:
+        row = table.sel(definition=definition)
+        entry: dict[str, Any] = {"kind": str(row["kind"].values), "rule": str(row["rule"].values)}
+        for output in table["output"].values:
+            cell = row.sel(output=output)
+            entry[str(output)] = {
+                "mean_weight": finite_or_none(cell["mean_weight"]),
+                "ci_low": finite_or_none(cell["ci_low"]),
+                "ci_high": finite_or_none(cell["ci_high"]),
+                "n_groups": int(cell["n_groups"]),
+            }
+        entry["ratio"] = {
+            "value": finite_or_none(row["ratio"]),
+            "ci_low": finite_or_none(row["ratio_low"]),
+            "ci_high": finite_or_none(row["ratio_high"]),
+        }
+        out[str(definition)] = entry
+    out["all_groups"] = {
+        str(o): {"mean_weight": finite_or_none(table["mean_weight_all"].sel(output=o))}
+        for o in table["output"].values
+    }
+    return out

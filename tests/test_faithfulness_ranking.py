@@ -1,0 +1,110 @@
+"""Fair rankings of the faithfulness step: seeded tie-breaking, |attribution| ranking,
+per-token aggregation, one sparsity definition, and the model that scores SOP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cosmo_sop.faithfulness.engine import Plan, evaluate
+from cosmo_sop.faithfulness.ranks import (
+    group_scores_from_importance,
+    mass_fraction,
+    pixel_ranks,
+    ranking_importance,
+    tie_order,
+    token_aggregate,
+)
+
+
+def test_ties_are_broken_by_a_seeded_random_order_not_raster_order():
+    importance = torch.zeros(2, 8, 8, dtype=torch.float64)
+    importance[:, 7, 7] = 1.0  # one important pixel, 63 tied zero pixels (as SOP's zeros)
+    ranks = pixel_ranks(importance, tie_seed=5)
+    assert (ranks[:, 7, 7] == 0).all()  # the important pixel still comes first
+    tied = ranks[0].flatten()[:-1]
+    assert not torch.equal(tied, torch.arange(1, 64))  # not raster order
+    # Deterministic for a seed, different for another; a map's order depends on it alone.
+    torch.testing.assert_close(pixel_ranks(importance, tie_seed=5), ranks)
+    assert not torch.equal(pixel_ranks(importance, tie_seed=6), ranks)
+    torch.testing.assert_close(pixel_ranks(importance[:1], tie_seed=5), ranks[:1])
+    # The raster rows are not inserted first: the top 8 tied pixels are spread over rows.
+    first = torch.nonzero((ranks[0] >= 1) & (ranks[0] <= 8))[:, 0]
+    assert len(set(first.tolist())) > 2
+    # Without a seed the historical row-major order stays available.
+    assert pixel_ranks(importance)[0].flatten()[:-1].tolist() == list(range(1, 64))
+
+
+def test_tie_order_is_a_permutation_per_map():
+    order = tie_order(3, 20, seed=1)
+    for row in order:
+        assert sorted(row.tolist()) == list(range(20))
+    assert not torch.equal(order[0], order[1])
+
+
+def test_absolute_ranking_does_not_insert_negative_evidence_last():
+    # A planted attribution (1 map, 2 bins, 4 x 4): a strong negative pixel, weak positives.
+    attribution = torch.full((1, 2, 4, 4), 0.05)
+    attribution[0, :, 0, 0] = -2.0  # pulls the output down: the most important pixel
+    attribution[0, :, 3, 3] = 0.5
+    signed = pixel_ranks(ranking_importance(attribution, "signed"), tie_seed=0)
+    absolute = pixel_ranks(ranking_importance(attribution, "absolute"), tie_seed=0)
+    assert signed[0, 0, 0] == 15  # the signed ranking inserts it last
+    assert absolute[0, 0, 0] == 0  # |.| inserts it first
+    assert signed[0, 3, 3] == 0 and absolute[0, 3, 3] == 1
+    # |attribution| summed over bins: bins of opposite sign do not cancel.
+    mixed = torch.tensor([[[[1.0]], [[-1.0]]]])
+    assert float(ranking_importance(mixed, "absolute")) == 2.0
+    assert float(ranking_importance(mixed, "signed")) == 0.0
+    with pytest.raises(ValueError, match="ranking"):
+        ranking_importance(attribution, "square")
+
+
+def test_token_aggregation_gives_every_pixel_its_tokens_value():
+    importance = torch.arange(16, dtype=torch.float64).reshape(1, 4, 4)
+    grid = torch.tensor([[0, 0, 1, 1]] * 2 + [[2, 2, 3, 3]] * 2)  # 2 x 2 cells of 2 x 2 pixels
+    mean = token_aggregate(importance, grid, "mean")
+    assert mean[0, 0, 0] == mean[0, 1, 1] == (0 + 1 + 4 + 5) / 4
+    assert mean[0, 3, 3] == (10 + 11 + 14 + 15) / 4
+    total = token_aggregate(importance, grid, "sum")
+    assert total[0, 0, 1] == 10.0
+    # Per-map label maps (segments) of different sizes.
+    segments = torch.stack([grid, torch.zeros(4, 4, dtype=torch.int64)])
+    both = token_aggregate(importance.expand(2, -1, -1), segments, "mean")
+    assert torch.all(both[1] == 7.5)
+    # A group made of whole tokens keeps its mean, so SOP's groups are ordered alike.
+    masks = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
+    masks[0, 0, :2, :] = True
+    masks[0, 1, 2:, 2:] = True
+    torch.testing.assert_close(
+        group_scores_from_importance(mean, masks), group_scores_from_importance(importance, masks)
+    )
+
+
+def test_sparsity_is_the_fraction_of_pixels_holding_the_mass():
+    concentrated = torch.zeros(1, 10, 10, dtype=torch.float64)
+    concentrated[0, 0, 0] = 9.0
+    concentrated[0, 5, 5] = -1.0  # magnitude counts
+    uniform = torch.ones(1, 10, 10, dtype=torch.float64)
+    assert mass_fraction(concentrated, 0.9)[0] == pytest.approx(0.01)
+    assert mass_fraction(uniform, 0.9)[0] == pytest.approx(0.90)
+    assert mass_fraction(uniform, 1.0)[0] == pytest.approx(1.0)
+    assert np.isnan(mass_fraction(torch.zeros(1, 3, 3), 0.9)[0])
+
+
+def test_a_model_that_needs_its_maps_gets_the_map_of_every_row():
+    seen = []
+
+    class Scorer:
+        takes_maps = True
+
+        def __call__(self, batch, maps):
+            seen.append(maps.clone())
+            return torch.stack([batch.sum((1, 2, 3)), maps.to(batch.dtype)], 1)
+
+    x = torch.ones(3, 1, 2, 2)
+    plan = Plan(lambda maps, steps: torch.ones(len(maps), 2, 2, dtype=torch.bool), 2, True)
+    (out,) = evaluate(Scorer(), x, torch.zeros_like(x), [plan], 4, False, 1)
+    np.testing.assert_array_equal(out[:, :, 1], [[0, 0], [1, 1], [2, 2]])
+    assert sum(len(m) for m in seen) == 6 and len(seen) == 2  # batches of 4 and 2 rows

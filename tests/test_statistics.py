@@ -1,0 +1,109 @@
+"""The cosmology bootstrap (cosmo_sop/statistics.py): seeded, resamples whole cosmologies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cosmo_sop.errors import InputError
+from cosmo_sop.statistics import (
+    bootstrap_mean,
+    bootstrap_paired_difference,
+    bootstrap_ratio_of_means,
+    replicate_sums,
+    resample_counts,
+)
+
+
+def _correlated(n_cosmo: int, per: int, seed: int, spread: float = 1.0, noise: float = 0.1):
+    """Maps whose values share a cosmology offset (strongly correlated within a cosmology)."""
+    rng = np.random.default_rng(seed)
+    offsets = rng.normal(0.0, spread, n_cosmo)
+    cosmo = np.repeat(np.arange(n_cosmo), per)
+    return offsets[cosmo] + rng.normal(0.0, noise, cosmo.size), cosmo
+
+
+def test_counts_are_seeded_and_sum_to_the_number_of_cosmologies():
+    labels = np.array(["b", "a", "a", "c", "b"])
+    one = resample_counts(labels, 50, seed=3)
+    assert one.shape == (50, 3)
+    assert np.all(one.sum(axis=1) == 3)
+    np.testing.assert_array_equal(one, resample_counts(labels, 50, seed=3))
+    assert not np.array_equal(one, resample_counts(labels, 50, seed=4))
+
+
+def test_replicate_sums_match_a_loop():
+    values = np.arange(10.0).reshape(5, 2)
+    labels = np.array([0, 0, 1, 2, 2])
+    counts = resample_counts(labels, 7, seed=0)
+    sums = replicate_sums(values, labels, counts)
+    per = np.stack([values[labels == c].sum(axis=0) for c in range(3)])
+    np.testing.assert_allclose(sums, counts @ per)
+
+
+def test_correlated_maps_widen_the_interval_against_a_per_map_bootstrap():
+    values, cosmo = _correlated(12, 20, seed=1)
+    by_cosmo = bootstrap_mean(values, cosmo, 2000, seed=0)
+    by_map = bootstrap_mean(values, np.arange(values.size), 2000, seed=0)
+    assert by_cosmo.n_cosmologies == 12 and int(by_cosmo.n_maps) == 240
+    assert by_map.n_cosmologies == 240
+    width_cosmo = float(by_cosmo.high - by_cosmo.low)
+    width_map = float(by_map.high - by_map.low)
+    assert width_cosmo > 3.0 * width_map  # ~sqrt(20) for a near-perfect within-cosmology corr.
+
+
+def test_interval_covers_the_truth_on_planted_cases():
+    truth = 0.5
+    covered = 0
+    trials = 40
+    for trial in range(trials):
+        values, cosmo = _correlated(15, 10, seed=100 + trial)
+        values = values + truth
+        ci = bootstrap_mean(values, cosmo, 1000, seed=trial)
+        covered += int(ci.low <= truth <= ci.high)
+    # Nominal 95%; a percentile bootstrap on 15 clusters under-covers a little.
+    assert covered >= 0.8 * trials
+
+
+def test_paired_difference_shares_resamples_and_cancels_the_cosmology_offset():
+    base, cosmo = _correlated(10, 20, seed=2, spread=5.0, noise=0.1)
+    a = base + 0.2
+    diff = bootstrap_paired_difference(a, base, cosmo, 1000, seed=5)
+    np.testing.assert_allclose(diff.estimate, 0.2)
+    assert diff.excludes_zero()
+    # Unpaired, the 0.2 shift is buried under the cosmology spread of 5.
+    mean_a = bootstrap_mean(a, cosmo, 1000, seed=5)
+    assert float(mean_a.low) < 0.2 < float(mean_a.high) or float(mean_a.high - mean_a.low) > 1
+
+
+def test_ratio_of_means_and_nan_maps_left_out():
+    num = np.array([1.0, 2.0, np.nan, 4.0])
+    den = np.array([2.0, 2.0, 1.0, 4.0])
+    cosmo = np.array([0, 1, 1, 2])
+    ratio = bootstrap_ratio_of_means(num, den, cosmo, 200, seed=0)
+    np.testing.assert_allclose(ratio.estimate, 7.0 / 8.0)
+    assert int(ratio.n_maps) == 3
+    assert ratio.low <= ratio.estimate <= ratio.high
+    mean = bootstrap_mean(num, cosmo, 200, seed=0)
+    np.testing.assert_allclose(mean.estimate, 7.0 / 3.0)
+    assert int(mean.n_maps) == 3
+
+
+def test_vectorised_columns_match_one_column_at_a_time():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(30, 3, 2))
+    cosmo = np.repeat(np.arange(6), 5)
+    together = bootstrap_mean(values, cosmo, 300, seed=9)
+    alone = bootstrap_mean(values[:, 1, 0], cosmo, 300, seed=9)
+    assert together.low.shape == (3, 2)
+    np.testing.assert_allclose(together.low[1, 0], alone.low)
+    np.testing.assert_allclose(together.high[1, 0], alone.high)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(InputError):
+        bootstrap_mean(np.zeros(3), np.zeros(2), 10, seed=0)
+    with pytest.raises(InputError):
+        bootstrap_mean(np.zeros(3), np.zeros(3), 0, seed=0)
+    with pytest.raises(InputError):
+        bootstrap_mean(np.zeros(0), np.zeros(0), 10, seed=0)
