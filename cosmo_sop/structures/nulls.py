@@ -31,7 +31,7 @@ import torch
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.models.sop import SumOfParts
-from cosmo_sop.models.tokens import patch_token_map, tokens_to_pixels
+from cosmo_sop.models.tokens import tokens_to_pixels
 from cosmo_sop.models.trained import TrainedSOP
 from cosmo_sop.training.loop import derived_seed
 from cosmo_sop.training.runs import INIT_PURPOSE
@@ -138,13 +138,11 @@ def selector_scores(
 
 def token_map(model: SumOfParts, x: torch.Tensor, segments: np.ndarray | None) -> torch.Tensor:
     """int64 (N, H, W): each pixel's token, the patch grid's cell or its segment label."""
-    n, _, height, width = x.shape
     if model.tokens == "patches":
-        grid = patch_token_map(height, width, int(model.patch_tokens))
-        return grid.expand(n, height, width)
+        return model.token_map(x)
     if segments is None:
         raise InputError("null controls", "a segment-token SOP needs the segments store")
-    return torch.as_tensor(np.asarray(segments, dtype=np.int64))
+    return model.token_map(x, torch.as_tensor(np.asarray(segments, dtype=np.int64)))
 
 
 @torch.inference_mode()
