@@ -31,6 +31,7 @@ include: "workflow/rules/noise.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/science.smk"
+include: "workflow/rules/tasks.smk"
 
 
 rule all:

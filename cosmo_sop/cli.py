@@ -106,6 +106,7 @@ def _train_backbone(args: argparse.Namespace, config: Config) -> None:
         args.output,
         config,
         bias_free=args.command == "train-xdnn",
+        architecture="vit" if args.command == "train-vit" else "cnn",
         restart_stale=args.restart_stale,
     )
 
@@ -179,6 +180,18 @@ def _show_config(args: argparse.Namespace, config: Config) -> None:
     import yaml
 
     yaml.safe_dump(config, sys.stdout, sort_keys=False)
+
+
+def _task_images(args: argparse.Namespace, config: Config) -> None:
+    from cosmo_sop.tasks.images.run import run
+
+    run(config, args.output_dir)
+
+
+def _task_text(args: argparse.Namespace, config: Config) -> None:
+    from cosmo_sop.tasks.text.run import run
+
+    run(config, args.output_dir)
 
 
 # --- argument parsing --------------------------------------------------------------------------
@@ -271,6 +284,13 @@ COMMANDS = (
         restart_stale=True,
     ),
     Command(
+        "train-vit",
+        _train_backbone,
+        "train a Vision Transformer backbone (config section vit) on a patch store",
+        paths=(LEVEL_PATCHES, RUN_FOLDER),
+        restart_stale=True,
+    ),
+    Command(
         "train-sop",
         _train_sop,
         "train the Sum-of-Parts model around a trained backbone",
@@ -332,6 +352,18 @@ COMMANDS = (
         "the HTML report of a run",
         paths=(("--results", "results folder"), ("--output", "HTML file to write")),
         lists=(("--levels", "noise levels, in display order"),),
+    ),
+    Command(
+        "task-images",
+        _task_images,
+        "task vit_images: a ViT classifier and SOP on images with exact object masks",
+        paths=(("--output-dir", "task folder (models, figures, task_metrics.json)"),),
+    ),
+    Command(
+        "task-text",
+        _task_text,
+        "task bert_text: MiniLM and SOP on reading comprehension with evidence sentences",
+        paths=(("--output-dir", "task folder (models, figures, task_metrics.json)"),),
     ),
     Command("config", _show_config, "print the validated config with every default filled in"),
 )

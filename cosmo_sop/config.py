@@ -136,6 +136,29 @@ def with_defaults(
     return value
 
 
+def task_config(config: Mapping[str, Any], task: str, *sections: str) -> dict[str, Any]:
+    """``seed`` and ``sections`` of ``config`` with task section ``task``'s overrides merged in.
+
+    E.g. ``task_config(config, "vit_maps", "training")`` is the ViT's training config: the run's
+    ``training`` with the keys of ``vit_maps.training`` replacing its own (nested mappings,
+    such as ``sop.training``, merged key by key).
+    """
+    overrides = config.get(task, {})
+    merged = {"seed": config["seed"]}
+    for section in sections:
+        merged[section] = _merged(config[section], overrides.get(section, {}))
+    return merged
+
+
+def _merged(base: Any, override: Any) -> Any:
+    if not (isinstance(base, Mapping) and isinstance(override, Mapping)):
+        return copy.deepcopy(override)
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        out[key] = _merged(base.get(key), value)
+    return out
+
+
 def _schema_message(exc: Exception) -> str:
     # snakemake wraps the jsonschema error; its first lines hold the useful part.
     cause = exc.__cause__ or exc.__context__
@@ -306,6 +329,34 @@ def _check_mask_fractions(config: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_vit_maps(config: dict[str, Any]) -> str | None:
+    # The overrides must make valid sections, and the ViT's patches must tile the maps: found
+    # here, not when the ViT's first job starts after the CNN's.
+    levels = config["vit_maps"]["levels"]
+    names = [level["name"] for level in config["noise"]]
+    unknown = [level for level in levels or () if level not in names]
+    if unknown:
+        return f"config key 'vit_maps.levels' names unknown noise level(s) {unknown}: {names}"
+    for section, override in config["vit_maps"].items():
+        if section == "levels":
+            continue
+        try:
+            with_defaults(
+                section,
+                _merged(config[section], override),
+                where=f"config key 'vit_maps.{section}'",
+            )
+        except InputError as error:
+            return str(error)
+    patch, vit_patch = config["ingest"]["patch_size"], config["vit"]["patch_size"]
+    if "vit_maps" in config["tasks"] and patch % vit_patch:
+        return (
+            f"config key 'vit.patch_size' = {vit_patch} does not divide 'ingest.patch_size' = "
+            f"{patch}: the ViT's patches must tile the maps"
+        )
+    return None
+
+
 def _not_a_file(key: str, path: str) -> str | None:
     # Else the first job to write there fails with "Not a directory", after the jobs before it.
     if Path(path).exists() and not Path(path).is_dir():
@@ -327,4 +378,8 @@ _CHECKS = (
     (("sop", "ingest"), _check_sop_patch_tokens),
     (("results",), _check_results),
     (("training",), _check_mask_fractions),
+    (
+        ("tasks", "vit_maps", "noise", "vit", "ingest", "training", "sop", "evaluation"),
+        _check_vit_maps,
+    ),
 )

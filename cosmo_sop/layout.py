@@ -16,6 +16,8 @@ report and the figures all take their paths from here, so a name changes in one 
         figures/
       report.html                       report
       logs/
+      vit_maps/<level>/...              task vit_maps: models/, explanations.zarr, science/
+      vit_images/  bert_text/           the image and text tasks (task_metrics.json last)
 
 Functions take the results folder and a level name; pass ``"{level}"`` to get a Snakemake
 pattern. Standard library only: the Snakefile imports this module before any rule runs.
@@ -56,6 +58,10 @@ __all__ = [
     "sweep_model_dir",
     "sweep_keep_fraction",
     "SWEEP_PREFIX",
+    "TASKS",
+    "TASK_METRICS",
+    "task_dir",
+    "task_metrics",
     "patches",
     "report",
     "science_dir",
@@ -67,6 +73,11 @@ __all__ = [
 ]
 
 Folder = str | os.PathLike
+
+#: The further tasks (config key ``tasks``), each a folder of ``results/``.
+TASKS = ("vit_maps", "vit_images", "bert_text")
+#: The record an image or text task writes last.
+TASK_METRICS = "task_metrics.json"
 
 #: The models trained per noise level, in display order.
 MODELS = ("backbone", "xdnn", "sop")
@@ -174,8 +185,21 @@ def log(results: Folder, name: str) -> Path:
     return Path(results) / "logs" / f"{name}.log"
 
 
+def task_dir(results: Folder, task: str) -> Path:
+    """Everything of one further task (:data:`TASKS`). For ``vit_maps`` it is a results tree
+    of its own: ``task_dir(results, "vit_maps")`` takes the place of ``results`` in
+    :func:`model_dir`, :func:`explanations` and :func:`science_dir` of the ViT."""
+    return Path(results) / task
+
+
+def task_metrics(results: Folder, task: str) -> Path:
+    """The record of an image or text task (its last output)."""
+    return task_dir(results, task) / TASK_METRICS
+
+
 def shared_entries() -> tuple[str, ...]:
     """Names that ``results/`` itself holds beside the level folders, which no noise level may
     take (a level ``figures`` would write into the shared figures)."""
     root = Path()
-    return (patches(root).name, figures(root).name, report(root).name, log(root, "_").parent.name)
+    shared = (patches(root), figures(root), report(root), log(root, "_").parent)
+    return tuple(path.name for path in shared) + TASKS

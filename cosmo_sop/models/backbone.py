@@ -17,6 +17,7 @@ centred (standardised) targets: a blank map then predicts the training mean.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections import OrderedDict
@@ -289,6 +290,19 @@ class ConvRegressor(nn.Module):
             return (self.in_channels, self.input_size, self.input_size)
         side = self.feature_sides[n_blocks - 1]
         return (self.widths[n_blocks - 1], side, side)
+
+    def token_encoder(self, n_blocks: int) -> nn.Module:
+        """A trainable copy of the input scale and the first ``n_blocks`` conv blocks.
+
+        SOP's token encoder (:meth:`~cosmo_sop.models.sop.SumOfParts.from_backbone`): maps x
+        (B, C, H, W) to the feature map (B, *feature_shape(n_blocks)).
+        """
+        if not 1 <= n_blocks <= len(self.blocks):
+            raise ValueError(
+                f"encoder_blocks must lie in [1, {len(self.blocks)}], got {n_blocks!r}"
+            )
+        encoder = copy.deepcopy(nn.Sequential(self.scale, *self.blocks[:n_blocks]))
+        return encoder.requires_grad_(True)
 
     # -- computation --------------------------------------------------------------------------
 

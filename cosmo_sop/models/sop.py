@@ -37,7 +37,6 @@ How the groups are made, and where that differs from the authors' code, is told 
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -57,7 +56,13 @@ from cosmo_sop.models.groups import (
     sample_groups,
 )
 from cosmo_sop.models.settings import check_sop_settings
-from cosmo_sop.models.tokens import patch_token_map, patch_tokens, segment_tokens, tokens_to_pixels
+from cosmo_sop.models.tokens import (
+    CONTEXT,
+    patch_token_map,
+    patch_tokens,
+    segment_tokens,
+    tokens_to_pixels,
+)
 
 TokenKind = Literal["patches", "segments"]
 Task = Literal["regression", "classification"]
@@ -185,15 +190,18 @@ class SumOfParts(nn.Module):
         encoder_blocks: int | None = None,
         **settings: Any,
     ) -> SumOfParts:
-        """SOP whose token encoder is a trainable copy of the backbone's first conv blocks.
+        """SOP whose token encoder is a trainable copy of the backbone's first blocks.
 
-        The SOP paper's CosmoGrid model used the features after the second block (14 x 14 for a
-        66 x 66 patch through the default :class:`~cosmo_sop.models.backbone.ConvRegressor`).
+        The backbone makes the copy (``backbone.token_encoder(encoder_blocks)``): the CNN's first
+        conv blocks (the SOP paper's CosmoGrid model used the features after the second, 14 x 14
+        for a 66 x 66 patch), or a ViT's patch embedding and first blocks.
 
         Parameters
         ----------
         backbone
-            Model with a ``blocks`` ModuleList of conv blocks and ``embed``.
+            Model with ``embed`` and ``token_encoder(n_blocks)``, e.g.
+            :class:`~cosmo_sop.models.backbone.ConvRegressor` or
+            :class:`~cosmo_sop.models.vit.VisionTransformer`.
         input_shape
             (C, H, W) of the inputs.
         encoder_blocks
@@ -203,16 +211,7 @@ class SumOfParts(nn.Module):
         """
         if encoder_blocks is None:
             encoder_blocks = defaults("sop")["encoder_blocks"]
-        blocks = list(backbone.blocks)
-        if not 1 <= encoder_blocks <= len(blocks):
-            raise ValueError(
-                f"encoder_blocks must lie in [1, {len(blocks)}], got {encoder_blocks!r}"
-            )
-        # The backbone's fixed input scaling (if any) goes first, so tokens see what it sees.
-        layers = [backbone.scale] if isinstance(getattr(backbone, "scale", None), nn.Module) else []
-        encoder = copy.deepcopy(nn.Sequential(*layers, *blocks[:encoder_blocks]))
-        encoder.requires_grad_(True)
-        model = cls(backbone, encoder, input_shape, **settings)
+        model = cls(backbone, backbone.token_encoder(encoder_blocks), input_shape, **settings)
         model._encoder_blocks = encoder_blocks
         return model
 
@@ -282,8 +281,9 @@ class SumOfParts(nn.Module):
         x
             Inputs, shape (B, C, H, W).
         segments
-            Integer label maps (B, H, W) with labels 0..S_b - 1; required in "segments" mode,
-            not allowed in "patches" mode.
+            Integer label maps (B, H, W) with labels 0..S_b - 1, and -1 for context pixels
+            (shown with every group, never a token); required in "segments" mode, not allowed in
+            "patches" mode.
 
         Returns
         -------
@@ -306,7 +306,7 @@ class SumOfParts(nn.Module):
             groups = sample_groups(groups, self.train_groups)
 
         pixel_masks = tokens_to_pixels(groups.masks, token_map)  # (B, m, H, W), exactly 0/1
-        embeddings = self._embed_groups(x, pixel_masks, groups.valid)  # (B, m, E)
+        embeddings = self._embed_groups(x, pixel_masks, groups.valid, token_map)  # (B, m, E)
         partial = self._read_out(embeddings).masked_fill(~groups.valid[:, :, None], 0.0)
         scores = self.selector(embeddings, groups.valid)
         prediction = (scores * partial).sum(1)
@@ -353,12 +353,16 @@ class SumOfParts(nn.Module):
         token_map = self._check_inputs(x, segments)
         valid = group_tokens.any(-1)
         pixel_masks = tokens_to_pixels(group_tokens.to(x.dtype), token_map)
-        embeddings = self._embed_groups(x, pixel_masks, valid)
+        embeddings = self._embed_groups(x, pixel_masks, valid, token_map)
         partial = self._read_out(embeddings).masked_fill(~valid[:, :, None], 0.0)
         return partial, embeddings
 
-    def _embed_groups(self, x: Tensor, pixel_masks: Tensor, valid: Tensor) -> Tensor:
+    def _embed_groups(
+        self, x: Tensor, pixel_masks: Tensor, valid: Tensor, token_map: Tensor
+    ) -> Tensor:
         """Backbone embeddings of the valid masked inputs, one batched pass in memory chunks.
+
+        Context pixels (``token_map == CONTEXT``) are kept in every masked input.
 
         Returns
         -------
@@ -366,7 +370,11 @@ class SumOfParts(nn.Module):
             Shape (B, m, E); zeros for invalid groups, which cost no backbone pass.
         """
         sample, group = valid.nonzero(as_tuple=True)
-        masked = x[sample] * pixel_masks[sample, group].unsqueeze(1)  # (N, C, H, W)
+        masks = pixel_masks[sample, group]  # (N, H, W)
+        context = token_map[sample] == CONTEXT
+        if context.any():
+            masks = masks.masked_fill(context, 1.0)
+        masked = x[sample] * masks.unsqueeze(1)  # (N, C, H, W)
         chunks = masked.split(self.max_backbone_batch)
         embedded = torch.cat([self.backbone.embed(chunk) for chunk in chunks])
         out = embedded.new_zeros(*valid.shape, embedded.shape[-1])
@@ -418,6 +426,6 @@ class SumOfParts(nn.Module):
         dtype = segments.dtype
         if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
             raise ValueError(f"segments must hold integer labels, got dtype {segments.dtype}")
-        if int(segments.min()) < 0:
-            raise ValueError("segments labels must be >= 0")
+        if int(segments.min()) < CONTEXT:
+            raise ValueError(f"segments labels must be >= 0, or {CONTEXT} for context pixels")
         return segments.to(device=x.device, dtype=torch.int64)

@@ -19,6 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: Label of context pixels in a segment map: shown to the backbone with every group (the
+#: question and answer of a reading-comprehension input, say), never a token of a group.
+CONTEXT = -1
+
 # -- tokens -----------------------------------------------------------------------------------
 
 
@@ -70,8 +74,9 @@ def segment_tokens(features: Tensor, segments: Tensor) -> tuple[Tensor, Tensor]:
     features
         Shape (B, D, h, w).
     segments
-        int64, shape (B, H, W), labels >= 0. Maps may have different numbers of segments:
-        tokens are padded to S = segments.max() + 1 for the whole batch.
+        int64, shape (B, H, W), labels >= 0, or -1 for context pixels (in every group, never a
+        token: :data:`CONTEXT`). Maps may have different numbers of segments: tokens are padded
+        to S = segments.max() + 1 for the whole batch.
 
     Returns
     -------
@@ -86,13 +91,14 @@ def segment_tokens(features: Tensor, segments: Tensor) -> tuple[Tensor, Tensor]:
         features, size=segments.shape[-2:], mode="bilinear", align_corners=False
     )
     pixels = upsampled.flatten(2).transpose(1, 2)  # (B, HW, D)
-    labels = segments.flatten(1)  # (B, HW)
-    tokens = pixels.new_zeros(n_batch, n_tokens, n_features).scatter_reduce(
+    # Context pixels go to one extra slot, dropped at the end.
+    labels = segments.flatten(1).masked_fill(segments.flatten(1) == CONTEXT, n_tokens)  # (B, HW)
+    tokens = pixels.new_zeros(n_batch, n_tokens + 1, n_features).scatter_reduce(
         1, labels[:, :, None].expand_as(pixels), pixels, reduce="mean", include_self=False
     )
-    counts = torch.zeros(n_batch, n_tokens, dtype=torch.int64, device=segments.device)
+    counts = torch.zeros(n_batch, n_tokens + 1, dtype=torch.int64, device=segments.device)
     counts.scatter_add_(1, labels, torch.ones_like(labels))
-    return tokens, counts > 0
+    return tokens[:, :n_tokens], counts[:, :n_tokens] > 0
 
 
 # -- candidate groups -------------------------------------------------------------------------
@@ -261,15 +267,18 @@ def tokens_to_pixels(token_masks: Tensor, token_map: Tensor) -> Tensor:
     token_masks
         Shape (B, m, T); one value per group and token.
     token_map
-        int64, shape (B, H, W); token index of every pixel.
+        int64, shape (B, H, W); token index of every pixel, or :data:`CONTEXT`.
 
     Returns
     -------
     Tensor
-        Shape (B, m, H, W), ``token_masks[b, i, token_map[b, y, x]]``; differentiable with
-        respect to ``token_masks``.
+        Shape (B, m, H, W), ``token_masks[b, i, token_map[b, y, x]]``, 0 on context pixels (they
+        belong to no group; the backbone sees them anyway); differentiable with respect to
+        ``token_masks``.
     """
     n_batch, n_groups, _ = token_masks.shape
     height, width = token_map.shape[-2:]
-    index = token_map.reshape(n_batch, 1, height * width).expand(n_batch, n_groups, -1)
-    return token_masks.gather(2, index).view(n_batch, n_groups, height, width)
+    context = (token_map == CONTEXT).reshape(n_batch, 1, height * width)
+    index = token_map.clamp(min=0).reshape(n_batch, 1, height * width).expand(n_batch, n_groups, -1)
+    values = token_masks.gather(2, index).masked_fill(context, 0.0)
+    return values.view(n_batch, n_groups, height, width)

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.layout import SIDECAR, WEIGHTS
-from cosmo_sop.models.backbone import ConvRegressor
+from cosmo_sop.models.architectures import backbone_from_config
 from cosmo_sop.models.sop import SumOfParts
 from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.weights import load_sidecar, load_weights
@@ -53,8 +54,8 @@ def _read_run(run_dir: str | os.PathLike, kinds: tuple[str, ...]) -> tuple[dict[
     return sidecar, load_weights(weights)
 
 
-def load_backbone(run_dir: str | os.PathLike) -> tuple[ConvRegressor, dict[str, Any]]:
-    """A trained backbone (or X-DNN) in eval mode, frozen, and its sidecar.
+def load_backbone(run_dir: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """A trained backbone (CNN, X-DNN or ViT) in eval mode, frozen, and its sidecar.
 
     Raises
     ------
@@ -63,7 +64,7 @@ def load_backbone(run_dir: str | os.PathLike) -> tuple[ConvRegressor, dict[str, 
     """
     sidecar, state = _read_run(run_dir, ("backbone", "xdnn"))
     where = Path(run_dir) / SIDECAR
-    model = ConvRegressor.from_config(sidecar["model_config"]["backbone"], where)
+    model = backbone_from_config(sidecar["model_config"]["backbone"], where)
     model.load_state_dict(state)
     return model.eval().requires_grad_(False), sidecar
 
@@ -101,6 +102,7 @@ class SOPExplanation:
     Attributes
     ----------
     prediction : ndarray, (N, 2)
+        (Or logits (N, K) of a classifier, a model trained without a label scaler.)
     scores : ndarray, (N, m, 2)
         Group weights c_i >= 0 per output; most are exactly 0 (sparsemax).
     partial : ndarray, (N, m, 2)
@@ -125,7 +127,9 @@ class SOPExplanation:
 class TrainedSOP:
     """A trained SOP model with its label scaling and provenance; see :func:`load_sop`."""
 
-    def __init__(self, model: SumOfParts, scaler: LabelScaler, sidecar: dict[str, Any]) -> None:
+    def __init__(
+        self, model: SumOfParts, scaler: LabelScaler | None, sidecar: dict[str, Any]
+    ) -> None:
         self.model = model.eval()
         self.scaler = scaler
         self.sidecar = sidecar
@@ -156,7 +160,14 @@ class TrainedSOP:
         elif self.tokens == "segments":
             raise ValueError("this SOP model groups watershed segments: pass segments=")
         parts = self.model.explain(x, seg)
-        mean, std = (np.asarray(v, dtype=np.float64) for v in (self.scaler.mean, self.scaler.std))
+        if self.scaler is None:  # a classifier (image, text task): logits as they are
+            mean, std = np.zeros(self.model.n_outputs), np.ones(self.model.n_outputs)
+            names = tuple(f"class {k}" for k in range(self.model.n_outputs))
+        else:
+            mean, std = (
+                np.asarray(v, dtype=np.float64) for v in (self.scaler.mean, self.scaler.std)
+            )
+            names = tuple(self.scaler.names)
         partial = parts.partial.double().numpy() * std + mean
         valid = parts.valid.numpy()
         partial[~valid] = 0.0  # unfilled groups have zero score and contribute nothing
@@ -171,7 +182,7 @@ class TrainedSOP:
             masks=parts.masks.numpy(),
             group_segments=group_segments,
             valid=valid,
-            names=tuple(self.scaler.names),
+            names=names,
         )
 
     def predict(self, kappa: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
@@ -190,7 +201,7 @@ def load_sop(run_dir: str | os.PathLike) -> TrainedSOP:
     sidecar, state = _read_run(run_dir, ("sop",))
     where = Path(run_dir) / SIDECAR
     config = sidecar["model_config"]
-    backbone = ConvRegressor.from_config(config["backbone"], where)
+    backbone = backbone_from_config(config["backbone"], where)
     model = SumOfParts.from_config(backbone, config["sop"], where)
     try:
         model.load_state_dict(state)
@@ -200,4 +211,6 @@ def load_sop(run_dir: str | os.PathLike) -> TrainedSOP:
             Path(run_dir) / WEIGHTS,
             f"weights do not fit this cosmo-sop's SOP model ({first}); retrain it",
         ) from None
-    return TrainedSOP(model, LabelScaler.from_state_dict(sidecar["label_scaler"]), sidecar)
+    state = sidecar.get("label_scaler")
+    scaler = None if state is None else LabelScaler.from_state_dict(state)
+    return TrainedSOP(model, scaler, sidecar)

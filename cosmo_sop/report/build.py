@@ -20,7 +20,9 @@ it can be mailed or archived as is. Every part that a run has not (yet) produced
 
 Sections: a summary across noise levels (test error per level, SOP against its backbone, the
 void/cluster verdicts at a glance, the config), then per level (a) parameter recovery,
-(b) faithfulness of the attributions, (c) voids and clusters.
+(b) faithfulness of the attributions, (c) voids and clusters; then the further tasks
+(:mod:`cosmo_sop.report.tasks`): the ViT beside the CNN on the same maps, the image and the
+text task.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from cosmo_sop.report.sections import (
     structures,
 )
 from cosmo_sop.report.tables import drawn, figure, number, table
+from cosmo_sop.report.tasks import task_sections, vit_maps_section
 from cosmo_sop.report.verdicts import finding_count, glance, verdict_summary
 from cosmo_sop.storage import atomic_path
 
@@ -130,6 +133,19 @@ def page_content(
         "target": {"ratio": TARGET_RATIO, "paper": PAPER_RATIO},
         "summary": _summary(results, levels, metrics, config),
         "levels": [_level(results, level, metrics[level]) for level in levels],
+        **_tasks(results, levels, config),
+    }
+
+
+def _tasks(results: Path, levels: list[str], config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The sections of the further tasks: those the config names, else those on disk."""
+    if config is not None and "tasks" in config:
+        tasks = list(config["tasks"])
+    else:
+        tasks = [task for task in layout.TASKS if layout.task_dir(results, task).is_dir()]
+    return {
+        "vit": vit_maps_section(results, levels) if "vit_maps" in tasks else None,
+        "tasks": task_sections(results, tasks),
     }
 
 

@@ -14,6 +14,17 @@ import torch
 #: Number of symmetries of the square (the dihedral group D4) used for augmentation.
 N_DIHEDRAL = 8
 
+#: Batch keys of the inputs that augmentation and masking act on: kappa maps, or images.
+MAP_KEYS = ("kappa", "images")
+
+
+def map_key(batch: dict[str, torch.Tensor]) -> str:
+    """The key of a batch's input maps: ``kappa`` or ``images``."""
+    for key in MAP_KEYS:
+        if key in batch:
+            return key
+    raise KeyError(f"a training batch needs one of {MAP_KEYS}, got {sorted(batch)}")
+
 
 def dihedral_transform(maps: torch.Tensor, element: int) -> torch.Tensor:
     """Apply symmetry ``element`` (0..7) of the square to the last two axes of ``maps``.
@@ -41,17 +52,19 @@ def augment_batch(
     Parameters
     ----------
     batch
-        Dict with ``kappa`` (B, C, H, W) and optionally ``segments`` (B, H, W), on any device.
+        Dict with ``kappa`` or ``images`` (B, C, H, W) and optionally ``segments`` (B, H, W), on
+        any device.
     generator
         CPU generator the symmetries are drawn from (seed it per epoch for reproducible runs).
 
     Returns
     -------
-    A new dict with contiguous ``kappa`` and ``segments``; other entries (``target``, ...) are
+    A new dict with contiguous maps and ``segments``; other entries (``target``, ...) are
     passed through. ``out["symmetry"]`` (B,) holds the element applied to each map (see
     :func:`dihedral_transform`).
     """
-    kappa = batch["kappa"]
+    key = map_key(batch)
+    kappa = batch[key]
     n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
     # Identity, half turn, flip and flip + half turn are the symmetries that keep H x W maps H x W.
     allowed = list(range(N_DIHEDRAL)) if h == w else [0, 2, 4, 6]
@@ -62,11 +75,11 @@ def augment_batch(
     index = sources[choice.to(kappa.device)]  # (B, H * W)
     out = dict(batch)
     out["symmetry"] = torch.tensor(allowed)[choice].to(kappa.device)
-    for key in ("kappa", "segments"):
-        if key in batch:
-            maps = batch[key]
+    for name in (key, "segments"):
+        if name in batch:
+            maps = batch[name]
             flat = maps.reshape(n, -1, h * w)
-            out[key] = flat.gather(-1, index[:, None, :].expand_as(flat)).reshape(maps.shape)
+            out[name] = flat.gather(-1, index[:, None, :].expand_as(flat)).reshape(maps.shape)
     return out
 
 
@@ -89,11 +102,12 @@ def mask_random_groups(
     Parameters
     ----------
     batch
-        Dict with ``kappa`` (B, C, H, W); other entries pass through.
+        Dict with ``kappa`` or ``images`` (B, C, H, W); other entries pass through.
     generator
         CPU generator the masks are drawn from (seeded per epoch by the trainer).
     """
-    kappa = batch["kappa"]
+    key = map_key(batch)
+    kappa = batch[key]
     n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
     masked = torch.rand(n, generator=generator) < probability
     keep = min_keep + (max_keep - min_keep) * torch.rand(n, generator=generator)
@@ -105,4 +119,4 @@ def mask_random_groups(
     col = torch.arange(w) * grid // w
     pixel_cell = (row[:, None] * grid + col[None, :]).reshape(-1)  # (H * W,)
     pixel_mask = cells[:, pixel_cell].reshape(n, 1, h, w).to(kappa.device, kappa.dtype)
-    return {**batch, "kappa": kappa * pixel_mask}
+    return {**batch, key: kappa * pixel_mask}

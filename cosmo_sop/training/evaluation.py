@@ -14,10 +14,17 @@ import numpy as np
 import torch
 
 from cosmo_sop.config import defaults
+from cosmo_sop.training.augment import MAP_KEYS
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.options import Placement, select_device
 
 Batch = dict[str, torch.Tensor]
+#: The training losses (config key ``training.loss``): ``loss(prediction, target)``, batch mean.
+#: ``cross_entropy`` takes logits (B, K) and class indices (B,).
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": torch.nn.functional.mse_loss,
+    "cross_entropy": torch.nn.functional.cross_entropy,
+}
 #: ``predict(model, batch) -> (B, n_outputs)``: how a model's prediction comes from a batch.
 Predict = Callable[[torch.nn.Module, Batch], torch.Tensor]
 
@@ -27,7 +34,7 @@ def to_device(batch: Batch, device: torch.device, channels_last: bool) -> Batch:
     out = {}
     for key, value in batch.items():
         value = value.to(device, non_blocking=True)
-        if channels_last and key == "kappa" and value.ndim == 4:
+        if channels_last and key in MAP_KEYS and value.ndim == 4:
             value = value.contiguous(memory_format=torch.channels_last)
         out[key] = value
     return out
@@ -77,6 +84,35 @@ def mse_per_output(
     return mse, None, None
 
 
+def accuracy_and_cross_entropy(
+    model: torch.nn.Module, loader: Iterable[Batch], predict: Predict, placement: Placement
+) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy of a classifier over a loader (model in eval mode).
+
+    ``predict`` gives logits (B, K); ``batch["target"]`` holds class indices (B,).
+
+    Returns
+    -------
+    cross_entropy, accuracy : float
+        Means over all samples (nats; fraction correct).
+    logits, targets : Tensor
+        (N, K) float32 and (N,) int64, on the CPU.
+    """
+    device, amp_dtype = placement.device, placement.amp_dtype
+    model.eval()
+    logits, targets = [], []
+    with torch.inference_mode():
+        for batch in loader:
+            batch = to_device(batch, device, placement.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits.append(predict(model, batch).float().cpu())
+            targets.append(batch["target"].cpu())
+    all_logits, all_targets = torch.cat(logits), torch.cat(targets)
+    cross_entropy = torch.nn.functional.cross_entropy(all_logits.double(), all_targets)
+    accuracy = (all_logits.argmax(1) == all_targets).double().mean()
+    return float(cross_entropy), float(accuracy), all_logits, all_targets
+
+
 def evaluate(
     model: torch.nn.Module,
     data: torch.utils.data.Dataset,
@@ -85,6 +121,7 @@ def evaluate(
     batch_size: int | None = None,
     device: str | None = None,
     scaler: Any | None = None,
+    loss: str = "mse",
 ) -> dict[str, Any]:
     """Mean-squared errors and predictions of ``model`` on ``data`` (fp32, eval mode).
 
@@ -98,6 +135,10 @@ def evaluate(
     scaler
         The :class:`~cosmo_sop.models.targets.LabelScaler` of the targets (default:
         ``data.scaler``); without one, only standardised results are given.
+    loss
+        ``"mse"`` (regression) or ``"cross_entropy"`` (classification: ``predictions`` are then
+        logits (N, K), ``targets`` class indices (N,), and the result has ``cross_entropy`` and
+        ``accuracy`` instead of the MSEs).
 
     Returns
     -------
@@ -115,6 +156,21 @@ def evaluate(
     model.to(placement.device)
     sampler = EpochBatchSampler(len(data), batch_size, shuffle=False)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate_batch)
+    if loss == "cross_entropy":
+        cross_entropy, accuracy, logits, classes = accuracy_and_cross_entropy(
+            model, loader, predict, placement
+        )
+        result = {
+            "cross_entropy": cross_entropy,
+            "accuracy": accuracy,
+            "predictions": logits.numpy(),
+            "targets": classes.numpy(),
+        }
+        if hasattr(data, "sample_indices"):
+            result["sample"] = np.asarray(data.sample_indices)
+        return result
+    if loss != "mse":
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
     mse_std, pred, target = mse_per_output(model, loader, predict, placement, keep_predictions=True)
     scaler = scaler if scaler is not None else getattr(data, "scaler", None)
     names = list(scaler.names) if scaler is not None else output_names(data, pred.shape[1])

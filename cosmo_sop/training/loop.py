@@ -3,8 +3,10 @@
 :func:`fit` trains any :class:`torch.nn.Module` whose predictions come from a function
 ``predict(model, batch) -> (B, n_outputs)`` (e.g. ``model(batch["kappa"])`` for the backbone,
 ``model(batch["kappa"], batch["segments"])`` for SOP) against ``batch["target"]``, the
-standardised (Om, s8), with a mean-squared-error loss, AdamW and a one-cycle (warm-up then
-cosine) learning-rate schedule, and early stopping on the validation loss.
+standardised (Om, s8), with a mean-squared-error loss (or, ``training.loss: cross_entropy``,
+the cross-entropy of logits against class indices, for the image and text classifiers), AdamW
+and a one-cycle (warm-up then cosine) learning-rate schedule, and early stopping on the
+validation loss.
 
 Everything a run needs to continue lives in ``run_dir``::
 
@@ -42,7 +44,7 @@ from cosmo_sop import __version__
 from cosmo_sop.errors import InputError
 from cosmo_sop.layout import CHECKPOINT, METRICS, WEIGHTS
 from cosmo_sop.models.weights import save_weights
-from cosmo_sop.training.augment import augment_batch, mask_random_groups
+from cosmo_sop.training.augment import MAP_KEYS, augment_batch, mask_random_groups
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.checkpoint import (
     config_hash,
@@ -51,7 +53,15 @@ from cosmo_sop.training.checkpoint import (
     write_checkpoint,
     write_metrics,
 )
-from cosmo_sop.training.evaluation import Batch, Predict, mse_per_output, output_names, to_device
+from cosmo_sop.training.evaluation import (
+    LOSSES,
+    Batch,
+    Predict,
+    accuracy_and_cross_entropy,
+    mse_per_output,
+    output_names,
+    to_device,
+)
 from cosmo_sop.training.optimisation import Optimisation, Progress, cpu_state
 from cosmo_sop.training.options import (
     Placement,
@@ -213,15 +223,26 @@ class _Run:
                 train_loss = self._train(epoch, bar)
             except FloatingPointError as exc:
                 raise FloatingPointError(f"{run_dir}: epoch {epoch}: {exc}") from None
-        val_mse, _, _ = mse_per_output(self.model, self.val_loader, self.predict, self.placement)
-        if not torch.isfinite(val_mse).all():
+        if self.cfg["loss"] == "cross_entropy":
+            val_ce, val_accuracy, _, _ = accuracy_and_cross_entropy(
+                self.model, self.val_loader, self.predict, self.placement
+            )
+            validation = {"val_loss": val_ce, "val_accuracy": val_accuracy}
+        else:
+            val_mse, _, _ = mse_per_output(
+                self.model, self.val_loader, self.predict, self.placement
+            )
+            names = output_names(self.val_loader.dataset, len(val_mse))
+            validation = {
+                "val_loss": float(val_mse.mean()),
+                **{f"val_mse_{n}": v for n, v in zip(names, val_mse.tolist(), strict=True)},
+            }
+        if not math.isfinite(validation["val_loss"]):
             raise FloatingPointError(f"{run_dir}: non-finite validation loss at epoch {epoch}")
-        names = output_names(self.val_loader.dataset, len(val_mse))
         return {
             "epoch": epoch,
             "train_loss": train_loss,
-            "val_loss": float(val_mse.mean()),
-            **{f"val_mse_{n}": v for n, v in zip(names, val_mse.tolist(), strict=True)},
+            **validation,
             "lr": self.optimisation.lr,
             "seconds": time.perf_counter() - start,
         }
@@ -251,7 +272,9 @@ class _Run:
                 max_keep=self.cfg["mask_max_keep"],
             )
         if self.placement.channels_last:
-            batch["kappa"] = batch["kappa"].contiguous(memory_format=torch.channels_last)
+            key = next((k for k in MAP_KEYS if k in batch), None)
+            if key is not None and batch[key].ndim == 4:
+                batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
         return batch
 
     def _train(self, epoch: int, bar: tqdm) -> float:
@@ -264,7 +287,7 @@ class _Run:
             batch = self._transform(to_device(batch, device, channels_last=False))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 pred = self.predict(self.model, batch)
-            loss = torch.nn.functional.mse_loss(pred.float(), batch["target"])
+            loss = LOSSES[self.cfg["loss"]](pred.float(), batch["target"])
             self.optimisation.step(loss)
             loss_sum += loss.detach().double() * pred.shape[0]
             n_seen += pred.shape[0]

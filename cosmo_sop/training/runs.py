@@ -1,6 +1,6 @@
-"""Training the workflow's models: the CNN backbone, its X-DNN twin, and SOP.
+"""Training the workflow's models: the CNN backbone, its X-DNN twin, the ViT, and SOP.
 
-The rules ``train_backbone``, ``train_xdnn`` and ``train_sop`` call :func:`train_backbone` and
+The rules ``train_backbone`` (backbone and xdnn), ``train_vit_maps_backbone`` and ``train_sop`` call :func:`train_backbone` and
 :func:`train_sop`, which build the model from the config, train it with
 :func:`cosmo_sop.training.loop.fit` and evaluate it on the test split. A trained model is a run
 folder (:func:`cosmo_sop.layout.model_dir`)::
@@ -30,6 +30,7 @@ from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.faithfulness.ranks import mass_fraction
 from cosmo_sop.layout import TEST_METRICS, TEST_PREDICTIONS, WEIGHTS
+from cosmo_sop.models.architectures import Architecture, build_backbone
 from cosmo_sop.models.backbone import ConvRegressor
 from cosmo_sop.models.sop import SumOfParts
 from cosmo_sop.models.targets import LabelScaler
@@ -95,9 +96,10 @@ def train_backbone(
     config: dict[str, Any],
     *,
     bias_free: bool = False,
+    architecture: Architecture = "cnn",
     restart_stale: bool = False,
 ) -> dict[str, Any]:
-    """Train the CNN backbone (or, with ``bias_free``, its X-DNN twin) on a patch store.
+    """Train the CNN backbone (or its X-DNN twin, or a ViT) on a patch store.
 
     Parameters
     ----------
@@ -106,9 +108,12 @@ def train_backbone(
     run_dir
         Run folder; an interrupted run resumes from its checkpoint.
     config
-        Validated workflow config (sections ``seed``, ``backbone``, ``training``).
+        Validated workflow config (sections ``seed``, ``training``, and ``backbone`` for the
+        CNN or ``vit`` for the ViT).
     bias_free
-        Train the X-DNN: no biases, no BatchNorm, positively homogeneous.
+        Train the X-DNN: no biases, no BatchNorm, positively homogeneous (CNN only).
+    architecture
+        ``"cnn"`` or ``"vit"`` (:mod:`cosmo_sop.models.architectures`).
     restart_stale
         Discard a checkpoint of another config or data in ``run_dir`` instead of refusing it.
 
@@ -121,12 +126,17 @@ def train_backbone(
     _require_splits(data)
     scaler = data.scaler()
     n_bins, size = data.ds.sizes["bin"], data.ds.sizes["y"]
-    architecture = dict(config["backbone"])
+    n_outputs = len(scaler.names)
     if bias_free:
-        architecture.pop("batchnorm")
-        build = lambda: ConvRegressor.xdnn(n_bins, input_size=size, **architecture)  # noqa: E731
+        if architecture != "cnn":
+            raise ValueError(f"only the CNN has an X-DNN twin, not architecture {architecture!r}")
+        settings = {k: v for k, v in config["backbone"].items() if k != "batchnorm"}
+        build = lambda: ConvRegressor.xdnn(  # noqa: E731
+            n_bins, n_outputs=n_outputs, input_size=size, **settings
+        )
     else:
-        build = lambda: ConvRegressor(n_bins, input_size=size, **architecture)  # noqa: E731
+        section = config["backbone" if architecture == "cnn" else "vit"]
+        build = lambda: build_backbone(architecture, n_bins, n_outputs, size, section)  # noqa: E731
     model = _seeded_init(config["seed"], build)
     model.scale.set_(data.bin_std("train"))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 # the report and the figures alike; this checkout's copy is imported whether or not it is installed.
 sys.path.insert(0, workflow.basedir)
 from cosmo_sop import layout
-from cosmo_sop.config import validate_config
+from cosmo_sop.config import task_config, validate_config
 from cosmo_sop.errors import InputError
 
 # The CLI's own validation (one schema, workflow/schemas links to cosmo_sop/schemas, and every
@@ -34,6 +34,38 @@ shell.prefix(
 RESULTS = Path(config["results"])
 NOISE_LEVELS = [level["name"] for level in config["noise"]]
 MOCK_ROOT = Path(config["mock"]["root"])
+# Task vit_maps: a results tree of its own, for the ViT's models, explanations and science.
+VIT_ROOT = layout.task_dir(RESULTS, "vit_maps")
+
+
+def vit_levels():
+    return config["vit_maps"]["levels"] or NOISE_LEVELS[:1]
+
+
+def vit_config_json(*sections):
+    """The keys of one ViT step: `sections` with the `vit_maps` overrides merged in."""
+    return json.dumps(task_config(config, "vit_maps", *sections), sort_keys=True)
+
+
+def vit_sop_segments(wildcards):
+    if task_config(config, "vit_maps", "sop")["sop"]["tokens"] == "segments":
+        return {"segments": layout.segments(RESULTS, wildcards.level)}
+    return {}
+
+
+def task_outputs():
+    outputs = []
+    if "vit_maps" in config["tasks"]:
+        for level in vit_levels():
+            science = layout.science_dir(VIT_ROOT, level)
+            outputs += [science / layout.WEIGHTS_CSV, science / layout.FAITHFULNESS_CSV]
+            for model in ("backbone", "sop"):
+                outputs.append(layout.model_dir(VIT_ROOT, level, model) / layout.TEST_METRICS)
+                outputs.append(layout.training_figure(VIT_ROOT, level, model))
+    for task in ("vit_images", "bert_text"):
+        if task in config["tasks"]:
+            outputs.append(layout.task_metrics(RESULTS, task))
+    return outputs
 
 
 def config_json(*sections):
@@ -97,7 +129,7 @@ def science_outputs():
         science = layout.science_dir(RESULTS, level)
         outputs += [science / layout.WEIGHTS_CSV, science / layout.FAITHFULNESS_CSV]
         outputs.append(layout.summary_statistics(RESULTS, level))
-    return outputs + model_outputs() + sweep_outputs()
+    return outputs + model_outputs() + sweep_outputs() + task_outputs()
 
 
 def data_stage_outputs():
