@@ -153,3 +153,23 @@ def test_vit_maps_overrides_merge_and_are_checked_before_any_job():
     # The schema's task names are the results folders of layout.
     enum = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["tasks"]["items"]["enum"]
     assert tuple(enum) == layout.TASKS
+
+
+def test_the_report_says_which_models_score_the_faithfulness(tmp_path):
+    """With evaluation.own_model false (the ViT's default) no SOP-on-SOP rows exist, and the
+    report's text says that every method is scored on the backbone."""
+    from cosmo_sop import layout
+    from cosmo_sop.report.sections import faithfulness
+    from cosmo_sop.report.tables import FAITHFULNESS_COLUMNS
+
+    science = layout.science_dir(tmp_path, "noiseless")
+    science.mkdir(parents=True)
+    row = {"method": "sop", "resolution": "token", "scorer": "backbone", "output": "Om"}
+    row |= {"metric": "Ins", "better": "lower", "mean": 0.3, "ci_low": 0.2, "ci_high": 0.4}
+    row |= {"sop_minus": "nan", "diff_ci_low": "nan", "diff_ci_high": "nan"}
+    lines = [",".join(FAITHFULNESS_COLUMNS), ",".join(str(row[c]) for c in FAITHFULNESS_COLUMNS)]
+    path = science / layout.FAITHFULNESS_CSV
+    path.write_text("\n".join(lines) + "\n")
+    assert faithfulness(tmp_path, "noiseless")["own_model"] is False
+    path.write_text("\n".join([*lines, lines[1].replace("backbone", "sop", 1)]) + "\n")
+    assert faithfulness(tmp_path, "noiseless")["own_model"] is True

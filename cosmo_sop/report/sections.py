@@ -186,7 +186,7 @@ def faithfulness(results: Path, level: str) -> dict[str, Any]:
     science = layout.science_dir(results, level)
     path = science / layout.FAITHFULNESS_CSV
     content = read_csv(path)
-    tables = None
+    tables, own_model = None, False
     if content is not None:
         header, rows = content
         missing = [c for c in FAITHFULNESS_COLUMNS if c not in header]
@@ -194,7 +194,10 @@ def faithfulness(results: Path, level: str) -> dict[str, Any]:
             raise InputError(path, f"lacks the columns {missing}")
         outputs = dict.fromkeys(row[header.index("output")] for row in rows)
         tables = [{"name": o, **faithfulness_tables(header, rows, o)} for o in outputs]
+        # Scored on its own model too (evaluation.own_model), or on the backbone only.
+        own_model = any(row[header.index("scorer")] != "backbone" for row in rows)
     return {
+        "own_model": own_model,
         "file": shown(path, layout.level_dir(results, level)),
         "maps": _faithfulness_maps(results, level) if content is not None else None,
         "meaning": METRIC_MEANING,
