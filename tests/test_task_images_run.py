@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from fixtures.workflow import tiny_task_settings
 from PIL import Image
 
 from cosmo_sop.errors import InputError
@@ -14,22 +15,7 @@ from cosmo_sop.tasks.images.run import run, settings_of
 TINY = {
     "seed": 3,
     "training": {"progress": False, "threads": 1},
-    "vit_images": {
-        "n_train": 48,
-        "n_val": 16,
-        "n_test": 12,
-        "figure_images": 2,
-        "vit": {"patch_size": 8, "hidden_size": 16, "layers": 1, "heads": 2, "mlp_size": 16},
-        "training": {"epochs": 1, "batch_size": 16},
-        "sop": {"n_groups": 4, "max_train_maps": 32, "training": {"epochs": 1, "batch_size": 16}},
-        "evaluation": {
-            "methods": ["sop", "integrated_gradients", "kernel_shap", "saliency"],
-            "n_samples": 20,
-            "n_boot": 50,
-            "n_fractions": 3,
-            "method_options": {"integrated_gradients": {"n_steps": 4}},
-        },
-    },
+    "vit_images": tiny_task_settings()["vit_images"],
 }
 
 

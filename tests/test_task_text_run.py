@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from fixtures.workflow import tiny_task_settings
 
 from cosmo_sop.tasks.text.run import run
 
 TINY = {
     "seed": 5,
     "training": {"progress": False, "device": "cpu", "threads": 1},
-    "bert_text": {
-        "n_train": 24,
-        "n_val": 8,
-        "n_test": 12,
-        "n_sop_train": 16,
-        "max_length": 40,
-        "synthetic": {"min_sentences": 3, "max_sentences": 4},
-        "training": {"epochs": 1, "batch_size": 8},
-        "sop": {"n_groups": 4, "train_groups": 2, "training": {"epochs": 1, "batch_size": 8}},
-        "attribution": {"method": "integrated_gradients", "n_steps": 2},
-        "n_boot": 50,
-        "figure_examples": 2,
-    },
+    "bert_text": tiny_task_settings()["bert_text"],
 }
 
 

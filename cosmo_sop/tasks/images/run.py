@@ -42,20 +42,13 @@ from cosmo_sop.tasks.images.figures import plot_examples
 from cosmo_sop.tasks.images.imagenet_s import load_imagenet_s
 from cosmo_sop.tasks.images.synthetic import generate
 from cosmo_sop.training.loop import derived_seed, fit
+from cosmo_sop.training.runs import sop_model_settings
 
 TASK = "vit_images"
 #: Config sections a ``vit_images`` key overrides.
 SECTIONS = ("vit", "training", "sop", "evaluation")
 #: The baselines that can explain a ViT (X-Gradient needs a bias-free twin, which a ViT lacks).
 BASELINES = ("integrated_gradients", "gradient_shap", "kernel_shap", "lime", "saliency")
-#: Keys of the ``sop`` section that are not SumOfParts constructor settings.
-_NOT_SOP_SETTINGS = {
-    "training",
-    "encoder_blocks",
-    "max_train_maps",
-    "n_boot",
-    "sweep_keep_fractions",
-}
 #: Purposes of derived seeds.
 _DATA, _BACKBONE, _SOP, _SUBSET, _TIES, _BOOT = range(6)
 FIGURE = "examples.png"
@@ -162,7 +155,8 @@ def run(config: dict[str, Any] | None, output_dir: str | os.PathLike) -> dict[st
     # -- SOP --------------------------------------------------------------------------------
     tick = time.perf_counter()
     sop_section = cfg["sop"]
-    settings = {k: v for k, v in sop_section.items() if k not in _NOT_SOP_SETTINGS}
+    settings = sop_model_settings(sop_section)
+    settings.pop("encoder_blocks")
     settings["task"] = "classification"
     sop = _seeded(
         derived_seed(seed, _SOP),

@@ -35,6 +35,7 @@ from cosmo_sop.tasks.text.synthetic import make_synthetic
 from cosmo_sop.training.evaluation import evaluate
 from cosmo_sop.training.loop import derived_seed, fit
 from cosmo_sop.training.options import WORKFLOW_KEYS
+from cosmo_sop.training.runs import sop_model_settings
 
 TASK = "bert_text"
 #: Training options every text run needs: classification, no image symmetries or cell masks
@@ -42,14 +43,6 @@ TASK = "bert_text"
 TEXT_TRAINING = {"loss": "cross_entropy", "augment": False, "mask_probability": 0.0}
 #: Purposes of derived seeds.
 _DATA, _BACKBONE, _SOP, _RATIONALE, _BOOT = range(5)
-#: Keys of the ``sop`` section that are not SumOfParts constructor settings.
-_NOT_SOP_SETTINGS = {
-    "training",
-    "encoder_blocks",
-    "max_train_maps",
-    "n_boot",
-    "sweep_keep_fractions",
-}
 
 
 def settings_of(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -136,7 +129,8 @@ def run(config: dict[str, Any] | None, output_dir: str | os.PathLike) -> dict[st
     # -- SOP --------------------------------------------------------------------------------
     tick = time.perf_counter()
     torch.manual_seed(derived_seed(seed, _SOP))
-    sop_settings = {k: v for k, v in cfg["sop"].items() if k not in _NOT_SOP_SETTINGS}
+    sop_settings = sop_model_settings(cfg["sop"])
+    sop_settings.pop("encoder_blocks")
     sop_settings.update(tokens="segments", task="classification")
     sop = SumOfParts.from_backbone(
         backbone,
