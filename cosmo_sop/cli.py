@@ -62,6 +62,12 @@ def _plot_mock(args: argparse.Namespace, config: Config) -> None:
     plot_mock_overview(args.root, args.output, config["mock"])
 
 
+def _plot_halos(args: argparse.Namespace, config: Config) -> None:
+    from cosmo_sop.figures.halos import plot_halo_diagnostics
+
+    plot_halo_diagnostics(config["mock"], config["seed"], args.output_dir)
+
+
 def _ingest(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.ingest.run import run
 
@@ -231,6 +237,12 @@ COMMANDS = (
         _plot_mock,
         "figure: mock maps, spectra vs theory, one-point PDFs",
         paths=(("--root", "mock CosmoGrid folder"), PNG),
+    ),
+    Command(
+        "plot-halos",
+        _plot_halos,
+        "figures: the halo mock's counts, spectra, peaks and PDF against the lognormal mock",
+        paths=(OUTPUT_DIR,),
     ),
     Command(
         "ingest",

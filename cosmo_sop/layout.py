@@ -5,7 +5,7 @@ report and the figures all take their paths from here, so a name changes in one 
 
     results/
       patches.zarr                      ingest
-      figures/{patches,mock_overview}.png
+      figures/{patches,mock_overview}.png, mock_halo_{counts,spectra,peaks,pdf}.png, mock_halos.json
       <level>/
         patches.zarr  segments.zarr     add_noise, segment
         models/<model>/                 train_backbone (backbone, xdnn), train_sop (sop)
@@ -36,6 +36,8 @@ __all__ = [
     "FAITHFULNESS_STORE",
     "METRICS",
     "MOCK_FIGURE",
+    "HALO_FIGURES",
+    "HALO_DIAGNOSTICS",
     "MODELS",
     "PATCHES_FIGURE",
     "PURITY_CSV",
@@ -87,6 +89,14 @@ SWEEP_PREFIX = "sop_tau"
 # Figures of the data stage.
 PATCHES_FIGURE = "patches.png"
 MOCK_FIGURE = "mock_overview.png"
+#: Physics checks of the halo mock (cosmo_sop/figures/halos.py) and the numbers they show.
+HALO_FIGURES = {
+    "counts": "mock_halo_counts.png",
+    "spectra": "mock_halo_spectra.png",
+    "peaks": "mock_halo_peaks.png",
+    "pdf": "mock_halo_pdf.png",
+}
+HALO_DIAGNOSTICS = "mock_halos.json"
 SEGMENTS_FIGURE = "segments.png"
 
 # Files of a model's run folder.

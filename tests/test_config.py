@@ -304,3 +304,23 @@ def test_config_readme_explains_every_key():
         if not re.search(rf"`\.?{re.escape(key)}`|\b{re.escape(key)}\b", text):
             missing.append(f"{section}.{key}" if section else key)
     assert not missing, f"config/README.md does not explain: {missing}"
+
+
+def test_lognormal_config_is_the_demo_without_halos_in_folders_of_its_own():
+    """config/lognormal.yaml, given as --configfile, is merged over config/config.yaml by
+    Snakemake (snakemake.utils.update_config): the demo with mock.halos off, in its own
+    results and mock folders, so the two runs never share a file."""
+    from snakemake.utils import update_config
+
+    demo = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    merged = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((ROOT / "config" / "lognormal.yaml").read_text()))
+    demo, merged = validate_config(demo, "demo"), validate_config(merged, "lognormal")
+    assert demo["mock"]["halos"]["enabled"] and not merged["mock"]["halos"]["enabled"]
+    assert merged["results"] != demo["results"]
+    assert merged["mock"]["root"] != demo["mock"]["root"]
+    for section in ("training", "sop", "noise", "ingest"):
+        assert merged[section] == demo[section]
+    assert {k: v for k, v in merged["mock"].items() if k not in ("root", "halos")} == {
+        k: v for k, v in demo["mock"].items() if k not in ("root", "halos")
+    }

@@ -311,3 +311,52 @@ def test_overview_figure_is_written(mock_root, tmp_path):
     with pytest.raises(InputError, match="rerun simulate-mock"):
         plot_mock_overview(mock_root, tmp_path / "other.png", {**CONFIG, "nside": 32})
     assert not (tmp_path / "other.png").exists()
+
+
+# --- halos on or off ----------------------------------------------------------------------------
+
+
+def test_lognormal_only_mock_is_one_key_away_and_halo_keys_make_maps_stale():
+    """mock.halos.enabled false: the plain lognormal maps, whose provenance has no halo record
+    (mocks written before halos existed stay valid); on: the same field's random numbers
+    with lower spectra plus halos, recorded in the provenance, so a changed halo key makes
+    every map stale."""
+    from cosmo_sop.sources.mock import (
+        ccl_cosmology,
+        convergence_spectra,
+        gaussian_spectra,
+        generate_maps,
+        lognormal_shifts,
+        map_provenance,
+        map_rng,
+        tomographic_nz,
+    )
+
+    config = {**CONFIG, "nside": 64}
+    plain = mock_settings({**config, "halos": {"enabled": False}})
+    halos = mock_settings(config)
+    assert halos["halos"]["enabled"]  # the default
+    parameters, _ = metainfo_tables(plain, SEED)
+    row = {name: parameters[1][name].item() for name in parameters.dtype.names}
+    z, nz = tomographic_nz(plain["redshift"])
+    shifts = lognormal_shifts(z, nz, row["Om"])
+    spectra = convergence_spectra(ccl_cosmology(row), z, nz, plain["lmax"])
+    expected = generate_maps(gaussian_spectra(spectra, shifts), shifts, 64, map_rng(SEED, 1, 0))
+    assert np.array_equal(regenerate_map(plain, SEED, 1, 0), expected)
+    assert "halos" not in json.loads(map_provenance(plain, SEED, row, 0))
+
+    with_halos = regenerate_map(halos, SEED, 1, 0)
+    assert with_halos.shape == expected.shape and with_halos.dtype == np.float32
+    assert not np.array_equal(with_halos, expected)
+    assert np.array_equal(with_halos, regenerate_map(halos, SEED, 1, 0))  # seeded
+    assert np.all(np.abs(with_halos.mean(axis=1)) < 1e-4)
+    assert np.all(with_halos.max(axis=1) > expected.max(axis=1))
+    record = json.loads(map_provenance(halos, SEED, row, 0))["halos"]
+    assert record["mass_min"] == 3e14 and record["mass_function"] == "Tinker08"
+    heavier = mock_settings({**config, "halos": {"mass_min": 1e15}})
+    assert map_provenance(heavier, SEED, row, 0) != map_provenance(halos, SEED, row, 0)
+
+
+def test_bad_halo_mass_range_is_an_input_error():
+    with pytest.raises(InputError, match="mock.halos.mass_min"):
+        mock_settings({"halos": {"mass_min": 1e16, "mass_max": 1e15}})

@@ -31,6 +31,8 @@ from cosmo_sop.report import (
     verdict_summary,
     write_report,
 )
+from cosmo_sop.report.inputs import read_verdicts
+from cosmo_sop.report.tables import number
 from cosmo_sop.storage import write_zarr
 from cosmo_sop.structures import classify, group_statistics, verdicts, weight_table
 from cosmo_sop.structures.run import write_weights_csv
@@ -508,3 +510,60 @@ def test_prediction_figures_write_png_and_pdf(tmp_path, results):
     with pytest.raises(InputError, match="at least one noise level"):
         plot_mse_per_level({}, tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_report_sets_other_runs_and_the_halo_checks_beside_this_one(results, tmp_path):
+    """report.compare_with: the other run's CNN and summary-statistics errors and its
+    void/cluster ratios per level, "not computed" where it lacks them; the halo checks from
+    figures/mock_halos.json."""
+    root, _ = results
+    other = tmp_path / "other"
+    rng = np.random.default_rng(5)
+    _write_model(other / "noiseless", "backbone", (0.0123, 0.0456), rng)
+    _write_summary(other / "noiseless", rng)
+    # 40 test maps of 8 cosmologies: the bootstrap unit of the CNN / summary-statistics ratio
+    cosmologies = ("sample", np.repeat(np.arange(8), 5))
+    write_patch_store(
+        other / "noiseless" / "patches.zarr",
+        np.zeros((40, 1, 4, 4), np.float32),
+        {"cosmology": cosmologies},
+        drop=INGEST_ATTRS,
+    )
+    figures = root / "figures"
+    figures.mkdir()
+    numbers = {
+        "sigma8": [0.6, 0.8, 1.0],
+        "omega_m": 0.3,
+        "counts": {"total_sampled": 152164},
+        "peaks": {
+            "thresholds": [4.0],
+            "lognormal": [[99], [2403], [10155]],
+            "with_halos": [[489], [7417], [25824]],
+            "log_slope": {"lognormal": [9.16], "with_halos": [7.84]},
+            "fisher_sigma8": {"lognormal": [263013.0], "with_halos": [540871.0]},
+        },
+    }
+    (figures / "mock_halos.json").write_text(json.dumps(numbers))
+    _png(figures / "mock_halo_peaks.png", "peaks")
+    config = {"report": {"compare_with": [{"label": "lognormal-only mock", "results": str(other)}]}}
+    page = write_report(root, ["noiseless", "stage3"], tmp_path / "r.html", config=config)
+    page = page.read_text(encoding="utf-8")
+    comparison = page[page.index('id="comparison"') :]
+    assert "lognormal-only mock" in comparison
+    assert "0.0123 / 0.0456" in comparison  # the other run's CNN
+    assert "Summary statistics" in comparison
+    assert "not computed" in comparison  # its voids and clusters, its stage3
+    ratio_row = comparison[comparison.index("CNN / Summary statistics (mlp) MSE") :]
+    ratio_row = ratio_row[: ratio_row.index("</tr>")]
+    # this run's patch store has no cosmology coordinate: no interval; the other's has one
+    assert ratio_row.count("not computed") == 1 and ratio_row.count("] / ") == 1
+    assert 'class="best"' in ratio_row  # both intervals exclude 1
+    first_ratio = read_verdicts(root / "noiseless" / "science" / "verdicts.json")["verdicts"][0]
+    assert number(first_ratio["ratio"], 3) in comparison
+    halos = page[page.index('id="mock-halos"') : page.index('id="comparison"')]
+    assert "152164 halos" in halos and "= 0.8 in the diagnostic run" in halos
+    assert "489 / 7417 / 25824" in halos and "5.41e+05" in halos
+    # without compare_with and the JSON neither section is there
+    (figures / "mock_halos.json").unlink()
+    plain = write_report(root, ["noiseless"], tmp_path / "p.html").read_text(encoding="utf-8")
+    assert 'id="comparison"' not in plain and 'id="mock-halos"' not in plain

@@ -498,3 +498,13 @@ def test_figures_are_written_atomically(tmp_path):
     with pytest.raises(InputError, match="labels"):
         plot_groups(kappa, masks, group_scores, ["void", "halo", "", ""], tmp_path / "bad.png")
     assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_zero_width_interval_is_never_a_verdict():
+    """All of a class's groups in one cosmology: every bootstrap resample that holds them
+    gives the same ratio, a zero-width interval that excludes 1 without any uncertainty
+    having been estimated (seen on the halo mock's stage-3 level: 2 cluster groups)."""
+    from cosmo_sop.structures.weights import _outcome
+
+    assert _outcome(2, 0.568, 0.568, 0.568, "s8", ["Om", "s8"]) == "inconclusive"
+    assert _outcome(40, 0.568, 0.5, 0.6, "s8", ["Om", "s8"]) == "agrees"

@@ -19,7 +19,8 @@ it can be mailed or archived as is. Every part that a run has not (yet) produced
 :class:`~cosmo_sop.errors.InputError` naming it.
 
 Sections: a summary across noise levels (test error per level, SOP against its backbone, the
-void/cluster verdicts at a glance, the config), then per level (a) parameter recovery,
+void/cluster verdicts at a glance, the config), the mock's halos and other runs beside this one
+(:mod:`cosmo_sop.report.comparison`), then per level (a) parameter recovery,
 (b) faithfulness of the attributions, (c) voids and clusters; then the further tasks
 (:mod:`cosmo_sop.report.tasks`): the ViT beside the CNN on the same maps, the image and the
 text task.
@@ -43,6 +44,7 @@ from cosmo_sop.errors import InputError
 from cosmo_sop.figures.labels import HTML
 from cosmo_sop.figures.predictions import plot_mse_per_level
 from cosmo_sop.ingest.bad_maps import read_skipped_maps
+from cosmo_sop.report.comparison import comparison_section, halo_section
 from cosmo_sop.report.inputs import (
     NAMES,
     config_from_attrs,
@@ -133,6 +135,8 @@ def page_content(
         "target": {"ratio": TARGET_RATIO, "paper": PAPER_RATIO},
         "summary": _summary(results, levels, metrics, config),
         "levels": [_level(results, level, metrics[level]) for level in levels],
+        "halos": halo_section(results),
+        "comparison": comparison_section(results, levels, config),
         **_tasks(results, levels, config),
     }
 

@@ -260,6 +260,10 @@ def _outcome(
         return "undefined"
     if not (low > 1.0 or high < 1.0):  # also when the interval is undefined (NaN)
         return "inconclusive"
+    if not high > low:
+        # no spread over the resamples: all of the class's groups lie in one bootstrap block
+        # (cosmology), so the interval says nothing about the uncertainty
+        return "inconclusive"
     if heavier not in outputs[:2]:
         return "no_expectation"
     observed = outputs[0] if low > 1.0 else outputs[1]
@@ -288,9 +292,10 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
         ``n_groups`` (the class's groups, the fewer of the two outputs'); ``ratio``, ``ci_low``,
         ``ci_high`` (the weight ratio outputs[0] / outputs[1] and its interval, dimensionless;
         None where not finite); ``outcome``, checked in this order: ``"no_groups"`` (empty
-        class), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1
-        or is undefined), ``"no_expectation"`` (the paper says nothing about this kind or these
-        outputs), ``"agrees"`` or ``"disagrees"``; ``agrees`` (True / False for those two,
+        class), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1,
+        is undefined, or has zero width: every group of the class in one bootstrap block),
+        ``"no_expectation"`` (the paper says nothing about this kind or these outputs),
+        ``"agrees"`` or ``"disagrees"``; ``agrees`` (True / False for those two,
         otherwise None); ``expected_heavier`` (the output the paper finds heavier for this kind,
         None if it has no finding). The sample size and confidence level are the table's attrs.
 

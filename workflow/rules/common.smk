@@ -129,6 +129,8 @@ def science_outputs():
         science = layout.science_dir(RESULTS, level)
         outputs += [science / layout.WEIGHTS_CSV, science / layout.FAITHFULNESS_CSV]
         outputs.append(layout.summary_statistics(RESULTS, level))
+    if config["source"] == "mock":
+        outputs.append(layout.figures(RESULTS) / layout.HALO_DIAGNOSTICS)  # the report shows it
     return outputs + model_outputs() + sweep_outputs() + task_outputs()
 
 
@@ -136,6 +138,7 @@ def data_stage_outputs():
     outputs = [layout.figures(RESULTS) / layout.PATCHES_FIGURE]
     if config["source"] == "mock":
         outputs.append(layout.figures(RESULTS) / layout.MOCK_FIGURE)
+        outputs.append(layout.figures(RESULTS) / layout.HALO_DIAGNOSTICS)
     for level in NOISE_LEVELS:
         outputs.append(layout.segments(RESULTS, level))
         outputs.append(layout.level_figures(RESULTS, level) / layout.SEGMENTS_FIGURE)

@@ -1,5 +1,6 @@
-# The built-in mock of CosmoGridV1: lognormal kappa maps from pyccl spectra, written in the
-# release's own layout so that `ingest` reads mock and real data through the same code.
+# The built-in mock of CosmoGridV1: lognormal kappa maps from pyccl spectra with Poisson-sampled
+# NFW halos painted on them (mock.halos), written in the release's own layout so that `ingest`
+# reads mock and real data through the same code.
 
 
 rule simulate_mock:
@@ -43,3 +44,31 @@ rule plot_mock_overview:
     shell:
         "python -m cosmo_sop plot-mock --root {params.root:q} --config-json {params.config:q}"
         " --output {output:q} 2>&1 | tee {log:q}"
+
+
+rule plot_mock_halos:
+    # The halo mock against the lognormal-only one on a fixed diagnostic run (cosmo_sop/sources/
+    # mock/diagnostics.py), drawn whether or not the demo's mock has halos.
+    output:
+        figures=[
+            report(
+                layout.figures(RESULTS) / name,
+                caption="../report/mock_halos.rst",
+                category="Data",
+            )
+            for name in layout.HALO_FIGURES.values()
+        ],
+        numbers=layout.figures(RESULTS) / layout.HALO_DIAGNOSTICS,
+    params:
+        config=config_json("mock"),
+        out_dir=layout.figures(RESULTS),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    log:
+        layout.log(RESULTS, "plot_mock_halos"),
+    conda:
+        "../envs/data.yaml"
+    shell:
+        "python -m cosmo_sop plot-halos --output-dir {params.out_dir:q}"
+        " --config-json {params.config:q} 2>&1 | tee {log:q}"

@@ -1,12 +1,21 @@
-"""The built-in mock of CosmoGridV1: lognormal convergence maps in the release's layout.
+"""The built-in mock of CosmoGridV1: lognormal convergence maps with halos, in the release's
+layout.
 
 Cosmologies fill the (Omega_m, sigma_8) prior on a Sobol design (:mod:`.design`); per cosmology
 CCL gives the tomographic convergence spectra (:mod:`.spectra`), from which GLASS draws
-correlated lognormal maps (:mod:`.lognormal`); :func:`simulate_mock` writes them, resuming and
-checking provenance (:mod:`.simulate`, :mod:`.writer`).
+correlated lognormal maps (:mod:`.lognormal`), on which Poisson-sampled NFW halos are painted
+(:mod:`.halos`); :func:`simulate_mock` writes them, resuming and checking provenance
+(:mod:`.simulate`, :mod:`.writer`). :mod:`.diagnostics` checks the halo mock's physics
+against the lognormal-only mock.
 """
 
 from cosmo_sop.sources.mock.design import cosmology_dtype, draw_cosmologies, unit_design
+from cosmo_sop.sources.mock.halos import (
+    HaloCatalogue,
+    HaloModel,
+    halo_convergence,
+    one_halo_spectra,
+)
 from cosmo_sop.sources.mock.lognormal import (
     gaussian_spectra,
     generate_maps,
@@ -37,6 +46,8 @@ from cosmo_sop.sources.mock.writer import (
 )
 
 __all__ = [
+    "HaloCatalogue",
+    "HaloModel",
     "MOCK_FORMAT",
     "PROVENANCE_ATTR",
     "auto_spectra",
@@ -48,12 +59,14 @@ __all__ = [
     "draw_cosmologies",
     "gaussian_spectra",
     "generate_maps",
+    "halo_convergence",
     "lognormal_shifts",
     "lognormal_transformations",
     "map_provenance",
     "map_rng",
     "metainfo_tables",
     "mock_settings",
+    "one_halo_spectra",
     "redshift_grid",
     "regenerate_map",
     "simulate_cosmology",

@@ -1,4 +1,4 @@
-"""The built-in mock of CosmoGridV1: lognormal convergence maps written in the release layout.
+"""The built-in mock of CosmoGridV1: lognormal convergence maps with halos, in the release layout.
 
 The real CosmoGridV1 is terabytes and cannot be fetched on every machine, so cosmo-sop can write
 a physically grounded stand-in under ``mock.root`` in exactly the layout of
@@ -6,8 +6,9 @@ a physically grounded stand-in under ``mock.root`` in exactly the layout of
 (:mod:`~cosmo_sop.sources.mock.design`) the theory convergence spectra
 (:mod:`~cosmo_sop.sources.mock.spectra`) are computed once and reused by all its permutations
 (independent realisations), each a set of correlated lognormal maps
-(:mod:`~cosmo_sop.sources.mock.lognormal`); :mod:`~cosmo_sop.sources.mock.writer` writes the
-files.
+(:mod:`~cosmo_sop.sources.mock.lognormal`) plus, with ``mock.halos.enabled``, Poisson-sampled
+NFW halos (:mod:`~cosmo_sop.sources.mock.halos`), the lognormal field then carrying the halofit
+power less the halos' one-halo term; :mod:`~cosmo_sop.sources.mock.writer` writes the files.
 
 Resuming and provenance
 -----------------------
@@ -40,6 +41,13 @@ from tqdm.auto import tqdm
 from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.sources.cosmogrid.layout import METAINFO_NAME, cosmology_id, map_path
+from cosmo_sop.sources.mock.halos import (
+    HaloModel,
+    field_spectra,
+    halo_convergence,
+    halo_rng,
+    one_halo_spectra,
+)
 from cosmo_sop.sources.mock.lognormal import (
     gaussian_spectra,
     generate_maps,
@@ -106,6 +114,13 @@ def mock_settings(mock_config: Mapping[str, Any] | None, where: str = "config") 
                 raise InputError(
                     where, f"config key 'mock.{section}.{key}' must be positive, got {value}"
                 )
+    halos = cfg["halos"]
+    if not halos["mass_min"] < halos["mass_max"]:
+        raise InputError(
+            where,
+            f"config key 'mock.halos.mass_min' ({halos['mass_min']:.3g}) must be below "
+            f"mock.halos.mass_max ({halos['mass_max']:.3g})",
+        )
     if cfg["lmax"] is None:
         cfg["lmax"] = 2 * cfg["nside"]
     return cfg
@@ -143,10 +158,17 @@ def simulate_cosmology(
     cosmo = ccl_cosmology(parameters)
     spectra = convergence_spectra(cosmo, z, nz, cfg["lmax"])
     shifts = lognormal_shifts(z, nz, parameters["Om"])
+    halos = HaloModel.from_config(cfg["halos"]) if cfg["halos"]["enabled"] else None
+    if halos is not None:
+        spectra = field_spectra(spectra, one_halo_spectra(cosmo, halos, z, nz, cfg["lmax"]))
     gaussian = gaussian_spectra(spectra, shifts)
     for perm in perms:
-        rng = map_rng(seed, int(parameters["id_param"]), int(perm))
-        yield int(perm), generate_maps(gaussian, shifts, cfg["nside"], rng)
+        index = (seed, int(parameters["id_param"]), int(perm))
+        maps = generate_maps(gaussian, shifts, cfg["nside"], map_rng(*index))
+        if halos is not None:
+            kappa, _ = halo_convergence(cosmo, halos, z, nz, cfg["nside"], halo_rng(*index))
+            maps += kappa.astype(np.float32)
+        yield int(perm), maps
 
 
 def regenerate_map(

@@ -126,6 +126,13 @@ def map_provenance(
         },
         "parameters": {name: float(parameters[name]) for name in _MAP_PARAMETERS},
     }
+    if cfg["halos"]["enabled"]:
+        # only then: the maps of a lognormal-only mock keep the record they had before halos
+        record["halos"] = {
+            key: (value if isinstance(value, str) else float(value))
+            for key, value in cfg["halos"].items()
+            if key != "enabled"
+        }
     return json.dumps(record, sort_keys=True)
 
 
