@@ -60,13 +60,10 @@ from cosmo_sop.report.sections import (
     sop_backbone_ratio,
     structures,
 )
-from cosmo_sop.report.tables import drawn, figure, number, table
+from cosmo_sop.report.tables import NOT_COMPUTED, drawn, figure, number, table
 from cosmo_sop.report.tasks import task_sections, vit_maps_section
 from cosmo_sop.report.verdicts import finding_count, glance, verdict_summary
 from cosmo_sop.storage import atomic_path
-
-#: How a part that has not been computed reads.
-NOT_COMPUTED = "not computed"
 
 
 def write_report(

@@ -26,12 +26,11 @@ from cosmo_sop.report.inputs import (
     read_test_metrics,
     read_verdicts,
 )
-from cosmo_sop.report.tables import figure, number, table
+from cosmo_sop.report.tables import NOT_COMPUTED, figure, number, table
 from cosmo_sop.statistics import bootstrap_ratio_of_means
 from cosmo_sop.storage import read_json
 from cosmo_sop.training.comparison import read_test_predictions
 
-NOT_COMPUTED = "not computed"
 #: Bootstrap of the CNN / summary-statistics MSE ratio over the test cosmologies.
 N_BOOT, BOOT_SEED = 2000, 0
 #: The summary-statistics regressor the CNN is set against.

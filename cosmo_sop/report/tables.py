@@ -19,6 +19,8 @@ import numpy as np
 
 #: How a cell without a value reads.
 NO_VALUE = "–"
+#: How a part of the report that a run has not (yet) produced reads.
+NOT_COMPUTED = "not computed"
 
 
 def number(value: Any, digits: int = 4) -> str:
