@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 from cosmo_sop import __version__
 from cosmo_sop.config import load_config, validate_config
 from cosmo_sop.errors import InputError
+from cosmo_sop.scheduler import SCHEDULER_VARIABLE
 
 Config = dict[str, Any]
 RESTART_HELP = (
@@ -71,7 +73,14 @@ def _plot_halos(args: argparse.Namespace, config: Config) -> None:
 def _ingest(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.ingest.run import run
 
-    run(config, root=args.root, output=args.output, workers=args.workers)
+    run(
+        config,
+        root=args.root,
+        output=args.output,
+        workers=args.workers,
+        part=args.part,
+        n_parts=args.parts,
+    )
 
 
 def _plot_patches(args: argparse.Namespace, config: Config) -> None:
@@ -95,7 +104,14 @@ def _noise(args: argparse.Namespace, config: Config) -> None:
 def _segment(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.segmentation import run
 
-    run(config, input_store=args.input, output_store=args.output, workers=args.workers)
+    run(
+        config,
+        input_store=args.input,
+        output_store=args.output,
+        workers=args.workers,
+        part=args.part,
+        n_parts=args.parts,
+    )
 
 
 def _plot_segments(args: argparse.Namespace, config: Config) -> None:
@@ -214,7 +230,8 @@ class Command:
     optional_paths: tuple[tuple[str, str], ...] = ()
     words: tuple[tuple[str, str], ...] = ()  # required options taking one word
     lists: tuple[tuple[str, str], ...] = ()  # required options taking one or more words
-    workers: bool = False
+    workers: bool = False  # --workers, and --dask-scheduler for the array work
+    parts: bool = False  # --part, --parts, --cosmologies-per-job: one job of a step in parts
     restart_stale: bool = False
 
 
@@ -253,6 +270,7 @@ COMMANDS = (
             ("--output", "Zarr store to write"),
         ),
         workers=True,
+        parts=True,
     ),
     Command(
         "plot-patches",
@@ -274,6 +292,7 @@ COMMANDS = (
         "segment every patch (watershed, patch grid or SLIC)",
         paths=(("--input", "patch Zarr store"), ("--output", "segments Zarr store to write")),
         workers=True,
+        parts=True,
     ),
     Command(
         "plot-segments",
@@ -396,9 +415,53 @@ def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
         p.add_argument(flag, nargs="+", required=True, help=help)
     if command.workers:
         p.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
+        p.add_argument(
+            "--dask-scheduler",
+            metavar="ADDRESS",
+            default=os.environ.get(SCHEDULER_VARIABLE) or None,
+            help="compute on this dask.distributed scheduler (overrides parallel.dask_scheduler; "
+            f"default: ${SCHEDULER_VARIABLE}, which the workflow sets)",
+        )
+    if command.parts:
+        p.add_argument(
+            "--part",
+            type=_part,
+            help="one step of the store in parts: start, a part number, or finish",
+        )
+        p.add_argument("--parts", type=int, help="parts the workflow planned (default: all)")
+        p.add_argument(
+            "--cosmologies-per-job",
+            type=int,
+            help="cosmologies per part (overrides parallel.cosmologies_per_job)",
+        )
     if command.restart_stale:
         p.add_argument("--restart-stale", action="store_true", help=RESTART_HELP)
     p.set_defaults(func=command.entry)
+
+
+def _part(text: str) -> str | int:
+    if text in ("start", "finish"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not start, a part number, or finish"
+        ) from None
+
+
+def _with_parallel_options(args: argparse.Namespace, config: Config) -> Config:
+    """The config with the command line's ``parallel`` options in place of the config's (the
+    workflow passes them on the command line, so that changing them reruns nothing)."""
+    given = {
+        "dask_scheduler": getattr(args, "dask_scheduler", None),
+        "cosmologies_per_job": getattr(args, "cosmologies_per_job", None),
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    if not given:
+        return config
+    merged = validate_config({"parallel": {**config["parallel"], **given}}, "--options")
+    return {**config, "parallel": merged["parallel"]}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -417,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 bad input)."""
     args = _parser().parse_args(argv)
     try:
-        config = _read_config(args)
+        config = _with_parallel_options(args, _read_config(args))
         args.func(args, config)
     except InputError as exc:
         print(f"cosmo-sop {args.command}: error: {exc}", file=sys.stderr)

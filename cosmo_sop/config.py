@@ -357,6 +357,16 @@ def _check_vit_maps(config: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_scheduler_skip(config: dict[str, Any]) -> str | None:
+    # Skipped files are noted in the job's memory, which a distributed worker does not share.
+    if config["parallel"]["dask_scheduler"] and config["ingest"]["on_bad_map"] == "skip":
+        return (
+            "config key 'parallel.dask_scheduler' cannot be used with ingest.on_bad_map skip "
+            "(the workers could not report the files they skip)"
+        )
+    return None
+
+
 def _not_a_file(key: str, path: str) -> str | None:
     # Else the first job to write there fails with "Not a directory", after the jobs before it.
     if Path(path).exists() and not Path(path).is_dir():
@@ -378,6 +388,7 @@ _CHECKS = (
     (("sop", "ingest"), _check_sop_patch_tokens),
     (("results",), _check_results),
     (("training",), _check_mask_fractions),
+    (("parallel", "ingest"), _check_scheduler_skip),
     (
         ("tasks", "vit_maps", "noise", "vit", "ingest", "training", "sop", "evaluation"),
         _check_vit_maps,

@@ -65,6 +65,10 @@ __all__ = [
     "task_dir",
     "task_metrics",
     "patches",
+    "parts_dir",
+    "parts_plan",
+    "parts_store",
+    "part_record",
     "report",
     "science_dir",
     "segments",
@@ -193,6 +197,29 @@ def report(results: Folder) -> Path:
 
 def log(results: Folder, name: str) -> Path:
     return Path(results) / "logs" / f"{name}.log"
+
+
+def parts_dir(store: Folder) -> Path:
+    """Where the jobs of a store written in parts meet (config key
+    ``parallel.cosmologies_per_job``): a hidden folder beside it with the store being filled,
+    its plan and one record per part (:mod:`cosmo_sop.fanout`)."""
+    store = Path(store)
+    return store.parent / ".parts" / store.name
+
+
+def parts_store(store: Folder) -> Path:
+    """The store being filled by the parts; it is moved onto ``store`` once complete."""
+    return parts_dir(store) / "store.zarr"
+
+
+def parts_plan(store: Folder) -> Path:
+    """The plan of a store written in parts: the sample region of every part."""
+    return parts_dir(store) / "plan.json"
+
+
+def part_record(store: Folder, part: int | str) -> Path:
+    """What one part wrote (its region), written when its region is complete."""
+    return parts_dir(store) / f"part-{part}.json"
 
 
 def task_dir(results: Folder, task: str) -> Path:

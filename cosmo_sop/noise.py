@@ -29,7 +29,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -39,6 +38,7 @@ from tqdm.dask import TqdmCallback
 from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.kappa import smooth_maps
+from cosmo_sop.scheduler import array_scheduler
 from cosmo_sop.storage import open_zarr, write_zarr
 
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
@@ -193,7 +193,14 @@ def run(
     levels = {entry["name"]: entry for entry in config["noise"]}
     if level not in levels:
         raise InputError("--level", f"no noise level '{level}' in the config ({list(levels)})")
-    return add_noise(input_store, output_store, levels[level], seed=config["seed"], workers=workers)
+    return add_noise(
+        input_store,
+        output_store,
+        levels[level],
+        seed=config["seed"],
+        workers=workers,
+        scheduler=config["parallel"]["dask_scheduler"],
+    )
 
 
 def add_noise(
@@ -202,6 +209,7 @@ def add_noise(
     level: Mapping[str, Any],
     seed: int,
     workers: int = 1,
+    scheduler: str | None = None,
 ) -> Path:
     """Write the patches of ``input_store`` with the shape noise of ``level`` to ``output_store``.
 
@@ -217,6 +225,9 @@ def add_noise(
         Master seed (non-negative integer).
     workers
         Threads used to compute the chunks.
+    scheduler
+        Address of a dask.distributed scheduler to compute on instead
+        (:func:`cosmo_sop.scheduler.array_scheduler`).
 
     Returns
     -------
@@ -256,7 +267,7 @@ def add_noise(
         "sigma_pix": [float(s) for s in sigma_pix],
     }
     with (
-        dask.config.set(scheduler="threads", num_workers=max(1, int(workers))),
+        array_scheduler(workers, scheduler),
         TqdmCallback(desc=f"noise {level['name']}", tqdm_class=tqdm),
     ):
         return write_zarr(out, output_store)

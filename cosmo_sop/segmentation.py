@@ -26,7 +26,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -36,9 +35,11 @@ from skimage.segmentation import relabel_sequential, slic, watershed
 from tqdm.auto import tqdm
 from tqdm.dask import TqdmCallback
 
+from cosmo_sop import fanout
 from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.kappa import detection_map, smooth_maps
+from cosmo_sop.scheduler import array_scheduler
 from cosmo_sop.storage import open_zarr, write_zarr
 
 METHODS = ("watershed", "patch", "slic")
@@ -277,36 +278,37 @@ def run(
     input_store: str | os.PathLike,
     output_store: str | os.PathLike,
     workers: int = 1,
+    part: str | int | None = None,
+    n_parts: int | None = None,
 ) -> Path:
-    """The ``segment`` step: :func:`segment` with the validated config's ``segmentation``."""
-    return segment(input_store, output_store, config["segmentation"], workers=workers)
+    """The ``segment`` step: :func:`segment` with the validated config's ``segmentation``; with
+    ``part``, one step of a segmentation in ``n_parts`` parts (:func:`segment_part`)."""
+    scheduler = config["parallel"]["dask_scheduler"]
+    if part is None:
+        return segment(
+            input_store, output_store, config["segmentation"], workers=workers, scheduler=scheduler
+        )
+    per_job = config["parallel"]["cosmologies_per_job"]
+    if per_job is None:
+        raise InputError("--part", "needs config key 'parallel.cosmologies_per_job'")
+    return segment_part(
+        input_store,
+        output_store,
+        config["segmentation"],
+        part=part,
+        n_parts=n_parts,
+        cosmologies_per_job=per_job,
+        workers=workers,
+        scheduler=scheduler,
+    )
 
 
-def segment(
-    input_store: str | os.PathLike,
-    output_store: str | os.PathLike,
-    seg_config: Mapping[str, Any] | None = None,
-    workers: int = 1,
-) -> Path:
-    """Segment every patch of ``input_store`` and write ``segments(sample, y, x)``.
-
-    Parameters
-    ----------
-    input_store
-        Patch store with ``kappa(sample, bin, y, x)`` (usually a noise level's store).
-    output_store
-        Where ``segments`` is written, atomically, with the ``sample`` coordinates and attrs of
-        the input plus ``segmentation`` (JSON of the resolved config).
-    seg_config
-        The config's ``segmentation`` section (missing keys take the schema defaults).
-    workers
-        Threads computing chunks in parallel.
-
-    Returns
-    -------
-    Path
-        ``output_store``.
-    """
+def segments_dataset(
+    input_store: str | os.PathLike, seg_config: Mapping[str, Any] | None = None
+) -> xr.Dataset:
+    """The lazy (dask-backed) ``segments(sample, y, x)`` of every patch of ``input_store``, with
+    the sample coordinates and attrs of the input plus ``segmentation`` (JSON of the resolved
+    config); chunked along ``sample`` as the input. Arguments as :func:`segment`."""
     if seg_config is not None and not isinstance(seg_config, Mapping):
         raise InputError("config key 'segmentation'", f"must be a mapping, got {seg_config!r}")
     config = with_defaults("segmentation", seg_config, where="config")
@@ -330,8 +332,71 @@ def segment(
     for variable in out.variables.values():
         variable.encoding = {}
     out.attrs = {**ds.attrs, "segmentation": json.dumps(config, sort_keys=True)}
-    with (
-        dask.config.set(scheduler="threads", num_workers=max(1, int(workers))),
-        TqdmCallback(desc="segmentation", tqdm_class=tqdm),
-    ):
+    return out
+
+
+def _progress() -> TqdmCallback:
+    return TqdmCallback(desc="segmentation", tqdm_class=tqdm)
+
+
+def segment(
+    input_store: str | os.PathLike,
+    output_store: str | os.PathLike,
+    seg_config: Mapping[str, Any] | None = None,
+    workers: int = 1,
+    scheduler: str | None = None,
+) -> Path:
+    """Segment every patch of ``input_store`` and write ``segments(sample, y, x)``.
+
+    Parameters
+    ----------
+    input_store
+        Patch store with ``kappa(sample, bin, y, x)`` (usually a noise level's store).
+    output_store
+        Where ``segments`` is written, atomically, with the ``sample`` coordinates and attrs of
+        the input plus ``segmentation`` (JSON of the resolved config).
+    seg_config
+        The config's ``segmentation`` section (missing keys take the schema defaults).
+    workers
+        Threads computing chunks in parallel.
+    scheduler
+        Address of a dask.distributed scheduler to compute on instead
+        (:func:`cosmo_sop.scheduler.array_scheduler`).
+
+    Returns
+    -------
+    Path
+        ``output_store``.
+    """
+    out = segments_dataset(input_store, seg_config)
+    with array_scheduler(workers, scheduler), _progress():
         return write_zarr(out, output_store)
+
+
+def segment_part(
+    input_store: str | os.PathLike,
+    output_store: str | os.PathLike,
+    seg_config: Mapping[str, Any] | None = None,
+    *,
+    part: str | int,
+    n_parts: int | None,
+    cosmologies_per_job: int,
+    workers: int = 1,
+    scheduler: str | None = None,
+) -> Path:
+    """One step of a segmentation in parts (:mod:`cosmo_sop.fanout`): ``part`` ``"start"``, a
+    part number, or ``"finish"``; the store written at the end equals :func:`segment`'s, bit
+    for bit. ``n_parts`` is the number of parts the workflow planned (None: as many as the
+    store's cosmologies need). Returns the path written (the plan, the record, the store)."""
+    if part == "finish":
+        return fanout.finish(output_store, ("segments",))
+    out = segments_dataset(input_store, seg_config)
+    if part == "start":
+        cosmology = out["cosmology"].values
+        if n_parts is None:
+            n_parts = fanout.part_count(np.unique(cosmology).size, cosmologies_per_job)
+        chunk = fanout.sample_chunk(out)
+        regions = fanout.part_regions(cosmology, chunk, cosmologies_per_job, n_parts)
+        return fanout.start(out, output_store, regions)
+    with array_scheduler(workers, scheduler), _progress():
+        return fanout.fill(out, output_store, int(part))

@@ -154,6 +154,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     _replace(tmp, path)
 
 
+def move_into_place(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Move a complete file or store ``source`` onto ``path`` as :func:`atomic_path` does (with
+    the umask's permissions, replacing an old output without a moment of none); for outputs
+    that several processes build (:mod:`cosmo_sop.fanout`), where no single block writes them."""
+    source, path = Path(source), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(_retired(path))
+    honour_umask(source)
+    _replace(source, path)
+    return path
+
+
 def _replace(tmp: Path, path: Path) -> None:
     """Move ``tmp`` onto ``path``, so that a kill at any instant leaves at ``path`` the old
     output or the new one, never a part of either (nor, for a file, nothing: a kill while a

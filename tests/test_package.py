@@ -35,7 +35,7 @@ def _rule_shell(rule: str) -> str:
     """The text of a rule's definition in workflow/rules/*.smk."""
     for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
-        match = re.search(rf"^rule {rule}:\n(.*?)(?=^rule |\Z)", text, re.S | re.M)
+        match = re.search(rf"^ *rule {rule}:\n(.*?)(?=^ *rule |^else:|\Z)", text, re.S | re.M)
         if match:
             return match.group(1)
     raise AssertionError(f"no rule {rule} in workflow/rules")
@@ -72,7 +72,7 @@ def test_the_readme_table_names_every_rule():
     documented = {rule for rule, *_ in rows}
     defined = set()
     for smk in (ROOT / "workflow" / "rules").glob("*.smk"):
-        defined |= set(re.findall(r"^rule (\w+):", smk.read_text(), re.M))
+        defined |= set(re.findall(r"^ *rule (\w+):", smk.read_text(), re.M))
     assert documented == defined
 
 

@@ -57,6 +57,12 @@ class SkippedMaps:
         if first:  # the first file is checked twice (its nside, then its maps)
             warnings.warn(f"{error} (skipped: ingest.on_bad_map is skip)", stacklevel=2)
 
+    def merge(self, records: Sequence[Mapping[str, str]]) -> None:
+        """Add the ``{"path", "problem"}`` records of another process (a part of the ingest)."""
+        with self._lock:
+            for record in records:
+                self._problems.setdefault(str(record["path"]), str(record["problem"]))
+
     def __contains__(self, path: object) -> bool:
         return str(path) in self._problems
 
@@ -108,21 +114,33 @@ def write_without_skipped(
     unfiltered = unfiltered_path(output)
     try:
         write_zarr(dataset, unfiltered)
-        bad = np.array([path in skipped for path in paths])
-        if bad.all():
-            raise skipped.none_readable(len(paths))
-        n_patch = dataset.sizes["sample"] // len(paths)
-        keep = np.flatnonzero(np.repeat(~bad, n_patch))
         with xr.open_zarr(unfiltered, consolidated=True) as full:
-            kept = full.isel(sample=keep).drop_encoding()
-            # Coordinates in memory, as ingest builds them (so they are stored alike).
-            for name in list(kept.coords):
-                kept.coords[name] = kept[name].load()
-            kept["kappa"] = kept.kappa.chunk({"sample": chunk})
-            kept.attrs = {**dataset.attrs, ATTR: json_text(skipped.records(), indent=None)}
-            return write_zarr(kept, output)
+            return copy_without_skipped(full, output, paths, skipped, chunk)
     finally:
         shutil.rmtree(unfiltered, ignore_errors=True)
+
+
+def copy_without_skipped(
+    full: xr.Dataset,
+    output: Path,
+    paths: Sequence[str | os.PathLike],
+    skipped: SkippedMaps,
+    chunk: int,
+) -> Path:
+    """Write the stored dataset ``full`` of every map of ``paths`` to ``output`` without the
+    samples of the skipped maps, recording them in attribute :data:`ATTR`; returns ``output``."""
+    bad = np.array([path in skipped for path in paths])
+    if bad.all():
+        raise skipped.none_readable(len(paths))
+    n_patch = full.sizes["sample"] // len(paths)
+    keep = np.flatnonzero(np.repeat(~bad, n_patch))
+    kept = full.isel(sample=keep).drop_encoding()
+    # Coordinates in memory, as ingest builds them (so they are stored alike).
+    for name in list(kept.coords):
+        kept.coords[name] = kept[name].load()
+    kept["kappa"] = kept.kappa.chunk({"sample": chunk})
+    kept.attrs = {**full.attrs, ATTR: json_text(skipped.records(), indent=None)}
+    return write_zarr(kept, output)
 
 
 def unfiltered_path(output: Path) -> Path:

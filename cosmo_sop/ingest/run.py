@@ -30,10 +30,16 @@ import xarray as xr
 from dask.base import tokenize
 from tqdm.dask import TqdmCallback
 
-from cosmo_sop import __version__
+from cosmo_sop import __version__, fanout, layout
 from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.ingest.bad_maps import SkippedMaps, unfiltered_path, write_without_skipped
+from cosmo_sop.fanout import part_count
+from cosmo_sop.ingest.bad_maps import (
+    SkippedMaps,
+    copy_without_skipped,
+    unfiltered_path,
+    write_without_skipped,
+)
 from cosmo_sop.ingest.patches import (
     check_patches_disjoint,
     extract_patches,
@@ -41,6 +47,7 @@ from cosmo_sop.ingest.patches import (
     patch_pixel_indices,
 )
 from cosmo_sop.ingest.split import split_cosmologies
+from cosmo_sop.scheduler import array_scheduler
 from cosmo_sop.sources import cosmogrid
 from cosmo_sop.sources.cosmogrid import MapRecord
 from cosmo_sop.storage import write_zarr
@@ -220,6 +227,39 @@ def _sample_coords(
     }
 
 
+def attributed_dataset(
+    maps: Sequence[MapRecord],
+    settings: Mapping[str, Any],
+    *,
+    seed: int,
+    source: str,
+    config_attrs: Mapping[str, Any],
+    ia_amplitude: float | None = None,
+    skipped: SkippedMaps | None = None,
+) -> xr.Dataset:
+    """:func:`patch_dataset` with the store's attributes (provenance, config, pixel scale)."""
+    dataset = patch_dataset(maps, settings, seed, ia_amplitude, skipped)
+    resolution = float(settings["resolution_arcmin"])
+    dataset.attrs.update(
+        pixel_scale_arcmin=resolution,
+        pixel_scale=str(u.Quantity(resolution, u.arcmin)),
+        source=source,
+        config=json.dumps(config_attrs, sort_keys=True),
+        cosmo_sop_version=__version__,
+    )
+    return dataset
+
+
+def _skipped_maps(maps: Sequence[MapRecord], settings: Mapping[str, Any]) -> SkippedMaps | None:
+    """Where bad files are noted with ``ingest.on_bad_map: skip``; None with ``error``."""
+    on_bad_map = settings.get("on_bad_map", defaults("ingest")["on_bad_map"])
+    return SkippedMaps([m.path for m in maps]) if on_bad_map == "skip" else None
+
+
+def _progress(maps: Sequence[MapRecord]) -> TqdmCallback:
+    return TqdmCallback(desc=f"ingest {len(maps)} maps", unit="task")
+
+
 def ingest(
     output: str | os.PathLike,
     maps: Sequence[MapRecord],
@@ -230,6 +270,7 @@ def ingest(
     config_attrs: Mapping[str, Any],
     ia_amplitude: float | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
 ) -> Path:
     """Cut every map into patches and write the patch dataset to a Zarr store, atomically.
 
@@ -249,48 +290,98 @@ def ingest(
         The config sections used, stored as JSON in the ``config`` attribute.
     workers
         Threads reading files in parallel (each holds one map file's bins in memory).
+    scheduler
+        Address of a dask.distributed scheduler to compute on instead
+        (:func:`cosmo_sop.scheduler.array_scheduler`).
 
     Returns
     -------
     The path of the written store.
     """
     output = Path(output)
-    on_bad_map = settings.get("on_bad_map", defaults("ingest")["on_bad_map"])
-    skipped = SkippedMaps([m.path for m in maps]) if on_bad_map == "skip" else None
+    skipped = _skipped_maps(maps, settings)
     # A first pass that a kill left behind (write_without_skipped removes its own).
     shutil.rmtree(unfiltered_path(output), ignore_errors=True)
-    dataset = patch_dataset(maps, settings, seed, ia_amplitude, skipped)
-    resolution = float(settings["resolution_arcmin"])
-    dataset.attrs.update(
-        pixel_scale_arcmin=resolution,
-        pixel_scale=str(u.Quantity(resolution, u.arcmin)),
+    dataset = attributed_dataset(
+        maps,
+        settings,
+        seed=seed,
         source=source,
-        config=json.dumps(config_attrs, sort_keys=True),
-        cosmo_sop_version=__version__,
+        config_attrs=config_attrs,
+        ia_amplitude=ia_amplitude,
+        skipped=skipped,
     )
     # Threads, not processes: numpy's gather releases the GIL (h5py does not), the patch
     # lookup is shared instead of pickled to every task, and an InputError raised in a task
     # reaches the caller unchanged. Measured on 32 nside-256 maps with 2 workers: threads
     # 13-18 maps/s, dask's (spawn) process pool 1.7 maps/s.
-    with (
-        dask.config.set(scheduler="threads", num_workers=max(1, int(workers))),
-        TqdmCallback(desc=f"ingest {len(maps)} maps", unit="task"),
-    ):
+    with array_scheduler(workers, scheduler), _progress(maps):
         if skipped is None:
             return write_zarr(dataset, output)
         chunk = dataset.kappa.data.chunksize[0]
         return write_without_skipped(dataset, output, [m.path for m in maps], skipped, chunk)
 
 
-def run(
-    config: Mapping[str, Any],
-    *,
-    root: str | os.PathLike,
+def ingest_part(
     output: str | os.PathLike,
+    maps: Sequence[MapRecord],
+    settings: Mapping[str, Any],
+    *,
+    part: str | int,
+    n_parts: int,
+    cosmologies_per_job: int,
+    seed: int,
+    source: str,
+    config_attrs: Mapping[str, Any],
+    ia_amplitude: float | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
 ) -> Path:
-    """The ``ingest`` step: ingest as the validated ``config`` says, from the release (or
-    mock) at ``root``, into the Zarr store ``output``.
+    """One step of an ingest in parts (:mod:`cosmo_sop.fanout`): ``part`` ``"start"``, a part
+    number, or ``"finish"``; the store written at the end equals :func:`ingest`'s, bit for bit.
+
+    ``n_parts`` is the number of parts the workflow planned, of ``cosmologies_per_job``
+    cosmologies each; the other arguments are :func:`ingest`'s. Returns the path written (the
+    plan, the part's record, or the store).
+    """
+    output = Path(output)
+    skipped = _skipped_maps(maps, settings)
+    if part == "finish":
+        if skipped is None:
+            return fanout.finish(output, ("kappa",))
+        # As a single job does: the maps the parts skipped are left out in a copy.
+        for record in fanout.part_records(output):
+            skipped.merge(record["skipped_maps"])
+        with fanout.assembled(output) as full:
+            chunk = aligned_chunk(int(settings["chunk_samples"]), full.sizes["sample"] // len(maps))
+            with array_scheduler(workers, scheduler):
+                copy_without_skipped(full, output, [m.path for m in maps], skipped, chunk)
+        shutil.rmtree(layout.parts_store(output))
+        return output
+    dataset = attributed_dataset(
+        maps,
+        settings,
+        seed=seed,
+        source=source,
+        config_attrs=config_attrs,
+        ia_amplitude=ia_amplitude,
+        skipped=skipped,
+    )
+    if part == "start":
+        chunk = fanout.sample_chunk(dataset)
+        regions = fanout.part_regions(dataset.cosmology.values, chunk, cosmologies_per_job, n_parts)
+        return fanout.start(dataset, output, regions)
+    # The files this part skipped, for the finishing step.
+    noted = None if skipped is None else lambda: {"skipped_maps": skipped.records()}
+    with array_scheduler(workers, scheduler), _progress(maps):
+        return fanout.fill(dataset, output, int(part), noted)
+
+
+def selected_maps(
+    config: Mapping[str, Any], root: str | os.PathLike
+) -> tuple[list[MapRecord], float | None, str]:
+    """The map files the validated ``config`` ingests from ``root``, the IA amplitude, and the
+    provenance of the source.
 
     The mock (``source: mock``) is written in the release layout as the ``grid`` set without
     baryons or IA, with ``mock.n_perms`` permutations per cosmology.
@@ -310,18 +401,58 @@ def run(
         ia_amplitude, source = section["ia_amplitude"], f"cosmogrid:{Path(root).resolve()}"
     skip = config["ingest"]["on_bad_map"] == "skip"
     maps = cosmogrid.list_maps(root, **selection, require_files=not skip)
+    return maps, ia_amplitude, source
+
+
+def cosmology_count(config: Mapping[str, Any], root: str | os.PathLike) -> int:
+    """How many cosmologies the validated ``config`` ingests: the mock's from the config (it
+    may not be written yet), the release's from its metainfo file (no map file is opened)."""
+    if config["source"] == "mock":
+        return int(config["mock"]["n_cosmologies"])
+    config = {**config, "ingest": {**config["ingest"], "on_bad_map": "skip"}}  # no file checks
+    maps, _, _ = selected_maps(config, root)
+    return len({m.cosmology for m in maps})
+
+
+def run(
+    config: Mapping[str, Any],
+    *,
+    root: str | os.PathLike,
+    output: str | os.PathLike,
+    workers: int = 1,
+    part: str | int | None = None,
+    n_parts: int | None = None,
+) -> Path:
+    """The ``ingest`` step: ingest as the validated ``config`` says, from the release (or
+    mock) at ``root``, into the Zarr store ``output``; with ``part``, one step of an ingest in
+    ``n_parts`` parts (:func:`ingest_part`, config key ``parallel.cosmologies_per_job``)."""
+    maps, ia_amplitude, source = selected_maps(config, root)
     used = ("seed", "source", "mock" if config["source"] == "mock" else "cosmogrid", "ingest")
     config_attrs = {key: config[key] for key in used}
     # How bad files are handled does not make the patches (skipped_maps records what was
     # left out), and leaving it out keeps the stores of earlier versions identical.
     config_attrs["ingest"] = {k: v for k, v in config["ingest"].items() if k != "on_bad_map"}
-    return ingest(
+    common = {
+        "seed": int(config["seed"]),
+        "source": source,
+        "config_attrs": config_attrs,
+        "ia_amplitude": ia_amplitude,
+        "workers": workers,
+        "scheduler": config["parallel"]["dask_scheduler"],
+    }
+    if part is None:
+        return ingest(output, maps, config["ingest"], **common)
+    per_job = config["parallel"]["cosmologies_per_job"]
+    if per_job is None:
+        raise InputError("--part", "needs config key 'parallel.cosmologies_per_job'")
+    if n_parts is None:
+        n_parts = part_count(cosmology_count(config, root), per_job)
+    return ingest_part(
         output,
         maps,
         config["ingest"],
-        seed=int(config["seed"]),
-        source=source,
-        config_attrs=config_attrs,
-        ia_amplitude=ia_amplitude,
-        workers=workers,
+        part=part,
+        n_parts=n_parts,
+        cosmologies_per_job=per_job,
+        **common,
     )

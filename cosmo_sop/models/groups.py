@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from entmax import entmax15, sparsemax
 from torch import Tensor, nn
 
+from cosmo_sop.batch_shard import draw_rows
 from cosmo_sop.models.tokens import (
     drop_duplicates,
     keep_top_tokens,
@@ -294,10 +295,13 @@ class GroupSelector(nn.Module):
 
 def sample_groups(groups: Groups, n_sampled: int) -> Groups:
     """A random ``n_sampled`` of each input's groups, valid ones first (global torch RNG, which
-    the trainer seeds per epoch)."""
+    the trainer seeds per epoch; drawn for the whole global batch in a data-parallel run, see
+    :mod:`cosmo_sop.batch_shard`)."""
     n_batch, n_groups = groups.valid.shape
+    device = groups.valid.device
     # Invalid groups draw from [1, 2), so every valid group sorts before them.
-    draw = torch.rand(n_batch, n_groups, device=groups.valid.device) + (~groups.valid).float()
+    uniform = draw_rows(lambda k: torch.rand(k, n_groups, device=device), n_batch)
+    draw = uniform + (~groups.valid).float()
     keep = draw.argsort(dim=1)[:, :n_sampled]
     index = keep[:, :, None].expand(-1, -1, groups.tokens.shape[-1])
     return Groups(

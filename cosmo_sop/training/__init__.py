@@ -9,6 +9,8 @@ bit-identically); its options are the config's ``training`` section and ``seed``
 out a :class:`PatchDataset` per split; :func:`augment_batch` and :func:`mask_random_groups`
 augment training batches; :func:`evaluate` gives a model's errors and predictions on a dataset;
 :func:`random_group_floor` the error of the backbone on random groups, the floor under SOP's.
+Launched by ``torchrun`` (config key ``training.gpus`` above 1), the same functions train
+data-parallel on several GPUs, as :mod:`cosmo_sop.training.distributed` describes.
 """
 
 from cosmo_sop.training.augment import augment_batch, dihedral_transform, mask_random_groups

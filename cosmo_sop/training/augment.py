@@ -4,12 +4,16 @@
 square (rotations by multiples of 90 degrees, and flips) per map, identically to the map and
 its segments. :func:`mask_random_groups` zeroes random cells of some maps, so that a backbone
 learns to predict from the partial maps that SOP feeds it. Both draw from a seeded
-:class:`torch.Generator`, which the trainer seeds per epoch.
+:class:`torch.Generator`, which the trainer seeds per epoch, through
+:func:`~cosmo_sop.batch_shard.draw_rows`: a process of a data-parallel run draws for the whole
+global batch and keeps its shard's rows, so every map gets the draws of a single-process run.
 """
 
 from __future__ import annotations
 
 import torch
+
+from cosmo_sop.batch_shard import draw_rows
 
 #: Number of symmetries of the square (the dihedral group D4) used for augmentation.
 N_DIHEDRAL = 8
@@ -68,7 +72,7 @@ def augment_batch(
     n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
     # Identity, half turn, flip and flip + half turn are the symmetries that keep H x W maps H x W.
     allowed = list(range(N_DIHEDRAL)) if h == w else [0, 2, 4, 6]
-    choice = torch.randint(0, len(allowed), (n,), generator=generator)
+    choice = draw_rows(lambda k: torch.randint(0, len(allowed), (k,), generator=generator), n)
     pixels = torch.arange(h * w, device=kappa.device).reshape(h, w)
     # sources[j, p]: the input pixel that symmetry allowed[j] moves to output pixel p.
     sources = torch.stack([dihedral_transform(pixels, e).reshape(-1) for e in allowed])
@@ -109,10 +113,12 @@ def mask_random_groups(
     key = map_key(batch)
     kappa = batch[key]
     n, h, w = kappa.shape[0], kappa.shape[-2], kappa.shape[-1]
-    masked = torch.rand(n, generator=generator) < probability
-    keep = min_keep + (max_keep - min_keep) * torch.rand(n, generator=generator)
+    masked = draw_rows(lambda k: torch.rand(k, generator=generator), n) < probability
+    keep = min_keep + (max_keep - min_keep) * draw_rows(
+        lambda k: torch.rand(k, generator=generator), n
+    )
     # A cell is kept when its random rank falls below the kept fraction of the cells.
-    scores = torch.rand(n, grid * grid, generator=generator)
+    scores = draw_rows(lambda k: torch.rand(k, grid * grid, generator=generator), n)
     ranks = scores.argsort(dim=1).argsort(dim=1).float() / (grid * grid)
     cells = (ranks < keep[:, None]) | ~masked[:, None]  # (B, grid * grid)
     row = torch.arange(h) * grid // h

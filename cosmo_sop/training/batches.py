@@ -74,6 +74,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             return self.n // self.batch_size
         return -(-self.n // self.batch_size)
 
+    def lengths(self) -> list[int]:
+        """The number of items of each batch of an epoch, in order."""
+        return [min(self.batch_size, self.n - b * self.batch_size) for b in range(len(self))]
+
     def order(self) -> np.ndarray:
         """The positions of this epoch, in batch order."""
         if not self.shuffle:

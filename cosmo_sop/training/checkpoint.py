@@ -103,7 +103,12 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def rng_states() -> dict[str, Any]:
-    """The global RNG states of torch (CPU and CUDA), numpy and ``random``."""
+    """The global RNG states of torch (CPU and CUDA), numpy and ``random``.
+
+    In a parallel run (:mod:`cosmo_sop.training.distributed`) the CUDA states are left out:
+    reading every GPU's state would put a CUDA context of process 0 on all the others' GPUs,
+    and the trainer reseeds every generator per epoch anyway.
+    """
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -116,7 +121,7 @@ def rng_states() -> dict[str, Any]:
         ),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not _parallel():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
@@ -127,8 +132,14 @@ def set_rng_states(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy(), int(pos), int(has_gauss), float(cached)))
     random.setstate(_as_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available() and not _parallel():
+        # Of as many GPUs as there are here (a checkpoint may come from a machine with more).
+        for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def _parallel() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _as_tuples(value: Any) -> Any:

@@ -63,6 +63,33 @@ def mse_per_output(
     predictions, targets : Tensor or None
         (N, n_outputs) on the CPU with ``keep_predictions``, else None.
     """
+    squared, count, preds, targets = squared_error_sums(
+        model, loader, predict, placement, keep_predictions
+    )
+    mse = (squared / count).cpu().double()
+    if keep_predictions:
+        return mse, torch.cat(preds), torch.cat(targets)
+    return mse, None, None
+
+
+def squared_error_sums(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    predict: Predict,
+    placement: Placement,
+    keep_predictions: bool = False,
+) -> tuple[torch.Tensor | None, int, list[torch.Tensor], list[torch.Tensor]]:
+    """Per-output sums of squared errors over a loader (model in eval mode), and their count.
+
+    Returns
+    -------
+    squared : Tensor or None
+        float32 (n_outputs,) on the model's device; None for a loader without batches.
+    count : int
+        Samples summed.
+    predictions, targets : list of Tensor
+        Per batch, on the CPU, with ``keep_predictions`` (else empty).
+    """
     device, amp_dtype = placement.device, placement.amp_dtype
     model.eval()
     squared, count, preds, targets = None, 0, [], []
@@ -78,10 +105,7 @@ def mse_per_output(
             if keep_predictions:
                 preds.append(pred.cpu())
                 targets.append(batch["target"].cpu())
-    mse = (squared / count).cpu().double()
-    if keep_predictions:
-        return mse, torch.cat(preds), torch.cat(targets)
-    return mse, None, None
+    return squared, count, preds, targets
 
 
 def accuracy_and_cross_entropy(

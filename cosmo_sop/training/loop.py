@@ -22,6 +22,11 @@ run (killed mid-epoch, say) finishes with exactly the metrics and weights of an 
 one on the same device, because all randomness of epoch ``e`` (shuffling, augmentation,
 dropout) is derived from ``(seed, e)``. A checkpoint written under another configuration is
 refused.
+
+Launched by ``torchrun`` on several processes (GPUs), :func:`fit` trains them together on the
+same global batches, each process on its shard of every batch, process 0 alone writing the run
+folder (:mod:`cosmo_sop.training.distributed`); its checkpoints and weights are those a single
+process writes, and either resumes the other's.
 """
 
 from __future__ import annotations
@@ -41,9 +46,11 @@ import torch
 from tqdm.auto import tqdm
 
 from cosmo_sop import __version__
+from cosmo_sop.batch_shard import BatchShard, computing_shard
 from cosmo_sop.errors import InputError
 from cosmo_sop.layout import CHECKPOINT, METRICS, WEIGHTS
 from cosmo_sop.models.weights import save_weights
+from cosmo_sop.training import distributed
 from cosmo_sop.training.augment import MAP_KEYS, augment_batch, mask_random_groups
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.checkpoint import (
@@ -60,6 +67,7 @@ from cosmo_sop.training.evaluation import (
     accuracy_and_cross_entropy,
     mse_per_output,
     output_names,
+    squared_error_sums,
     to_device,
 )
 from cosmo_sop.training.optimisation import Optimisation, Progress, cpu_state
@@ -114,7 +122,8 @@ def fit(
         if the model has a dict attribute ``config``).
     on_batch_end
         Called as ``on_batch_end(epoch, batch_index, loss)`` after each optimiser step (epochs
-        counted from 1), e.g. for logging.
+        counted from 1), e.g. for logging; ``loss`` is the global batch's mean loss, on every
+        process of a parallel run.
     restart_stale
         Discard a checkpoint in ``run_dir`` of another configuration or data and start afresh,
         instead of refusing it (the workflow's choice: Snakemake reruns a job only then).
@@ -123,8 +132,9 @@ def fit(
     -------
     dict
         ``best_epoch``, ``best_val_loss``, ``val_mse_<target>`` at the best epoch (standardised
-        units), ``epochs_completed``, ``stopped_early``, ``device``, ``config_hash``.
-        ``model`` holds the best weights on return, on the training device.
+        units), ``epochs_completed``, ``stopped_early``, ``device``, ``processes`` (1, or the
+        number of torchrun processes), ``config_hash``. ``model`` holds the best weights on
+        return, on the training device, in every process.
 
     Raises
     ------
@@ -137,26 +147,40 @@ def fit(
     trained_names, run_hash = _identify(cfg, model, trainable, train_data, val_data, run_dir)
     if model_config is None and isinstance(getattr(model, "config", None), dict):
         model_config = model.config
-    run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint, metrics = run_dir / CHECKPOINT, run_dir / METRICS
 
-    with run_scope(cfg, model, trainable):
-        run = _Run(model, predict, cfg, train_data, val_data, trainable, on_batch_end)
-        progress = _resume(run, checkpoint, run_hash, restart_stale)
-        write_metrics(metrics, progress.metrics)  # drops rows the checkpoint lacks
-        with _bar(cfg, f"training {run_dir.name}", cfg["epochs"], "epoch", progress.epoch) as bar:
-            while progress.epoch < cfg["epochs"] and not progress.stopped:
-                row = run.epoch(progress.epoch + 1, run_dir)  # train, then validate
-                progress.end_epoch(row, model, cfg["min_delta"], cfg["patience"])
-                write_checkpoint(checkpoint, run_hash, **run.state(progress))
-                write_metrics(metrics, progress.metrics)
-                bar.update(1)
-                bar.set_postfix(train=f"{row['train_loss']:.4g}", val=f"{row['val_loss']:.4g}")
+    # Several processes under torchrun: all compute, process 0 alone writes.
+    with distributed.session(cfg["device"]) as world:
+        if world.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        with run_scope(cfg, model, trainable):
+            run = _Run(model, predict, cfg, train_data, val_data, trainable, on_batch_end, world)
+            try:
+                progress = _resume(run, checkpoint, run_hash, restart_stale)
+                if world.main:
+                    write_metrics(metrics, progress.metrics)  # drops rows the checkpoint lacks
+                title, epochs = f"training {run_dir.name}", cfg["epochs"]
+                with run.bar(title, epochs, "epoch", progress.epoch) as bar:
+                    while progress.epoch < cfg["epochs"] and not progress.stopped:
+                        row = run.epoch(progress.epoch + 1, run_dir)  # train, then validate
+                        progress.end_epoch(row, model, cfg["min_delta"], cfg["patience"])
+                        if world.main:
+                            write_checkpoint(checkpoint, run_hash, **run.state(progress))
+                            write_metrics(metrics, progress.metrics)
+                        bar.update(1)
+                        train, val = row["train_loss"], row["val_loss"]
+                        bar.set_postfix(train=f"{train:.4g}", val=f"{val:.4g}")
+            finally:
+                run.close()
 
-    model.load_state_dict(progress.best_state)
-    result = _result(progress, run.placement.device, run_hash)
-    sidecar = _sidecar(model, model_config, cfg, trained_names, train_data, val_data, result)
-    save_weights(run_dir / WEIGHTS, progress.best_state, sidecar)
+        model.load_state_dict(progress.best_state)
+        result = _result(progress, run.placement.device, run_hash, world)
+        if world.main:
+            sidecar = _sidecar(
+                model, model_config, cfg, trained_names, train_data, val_data, result
+            )
+            save_weights(run_dir / WEIGHTS, progress.best_state, sidecar)
+        distributed.barrier()  # the run folder is complete when fit returns, in every process
     return copy.deepcopy(result)
 
 
@@ -169,7 +193,9 @@ def derived_seed(seed: int, *keys: int) -> int:
 class _Run:
     """The pieces every epoch of a run uses: model, loaders, optimiser and randomness.
 
-    Building it places the model on the run's device (and memory layout).
+    Building it places the model on the run's device (and memory layout) and, in a parallel
+    run, wraps it in DDP (``net``; ``model`` stays the unwrapped module) and gives each loader
+    this process's shards of the global batches; :meth:`close` undoes the wrapping.
     """
 
     def __init__(
@@ -181,9 +207,11 @@ class _Run:
         val_data: torch.utils.data.Dataset,
         trainable: list[torch.nn.Parameter],
         on_batch_end: Callable[[int, int, float], None] | None,
+        world: distributed.World,
     ) -> None:
-        self.model, self.predict, self.cfg = model, predict, cfg
-        self.placement = placement = Placement.of(cfg)
+        self.model, self.predict, self.cfg, self.world = model, predict, cfg, world
+        device = distributed.process_device(cfg["device"], world)
+        self.placement = placement = Placement.of(cfg, device)
         self.on_batch_end = on_batch_end
         model.to(placement.device)
         if placement.channels_last:
@@ -197,14 +225,31 @@ class _Run:
             groups=getattr(train_data, "read_groups", None),
         )
         val_sampler = EpochBatchSampler(len(val_data), cfg["eval_batch_size"], shuffle=False)
-        self.train_loader = _loader(train_data, self.train_sampler, cfg, placement.device)
-        self.val_loader = _loader(val_data, val_sampler, cfg, placement.device)
+        train_batches, val_batches = self.train_sampler, val_sampler
+        if world.parallel:
+            distributed.check_batches(self.train_sampler, world, "training.batch_size")
+            distributed.check_batches(val_sampler, world, "training.eval_batch_size")
+            train_batches = self.train_shards = distributed.ShardBatchSampler(train_batches, world)
+            val_batches = distributed.ShardBatchSampler(val_batches, world)
+        self.train_loader = _loader(train_data, train_batches, cfg, placement.device)
+        self.val_loader = _loader(val_data, val_batches, cfg, placement.device)
         steps = len(self.train_sampler)
         self.optimisation = Optimisation(
             trainable, cfg, steps, placement.device, placement.amp_dtype
         )
         self.augment = torch.Generator() if cfg["augment"] else None
         self.masker = torch.Generator() if cfg["mask_probability"] > 0 else None
+        self.net, self._restore = distributed.data_parallel(model, placement.device, world)
+
+    def close(self) -> None:
+        """Undo the DDP wrapping (its gradient hooks go with the wrapper) and the BatchNorm
+        swap: ``model`` is the caller's module again."""
+        self._restore()
+        self.net = self.model
+
+    def bar(self, desc: str, total: int, unit: str, initial: int = 0, **kw) -> tqdm:
+        """A progress bar, shown by process 0 alone."""
+        return _bar(self.cfg, desc, total, unit, initial, shown=self.world.main, **kw)
 
     def state(self, progress: Progress) -> dict[str, Any]:
         """What the checkpoint saves besides the RNG states: model, optimiser, progress."""
@@ -218,25 +263,12 @@ class _Run:
         """Train one epoch, validate, and return the epoch's row of ``metrics.csv``."""
         start = time.perf_counter()
         self._seed_epoch(epoch)
-        with _bar(self.cfg, f"epoch {epoch}", len(self.train_sampler), "batch", leave=False) as bar:
+        with self.bar(f"epoch {epoch}", len(self.train_sampler), "batch", leave=False) as bar:
             try:
                 train_loss = self._train(epoch, bar)
             except FloatingPointError as exc:
                 raise FloatingPointError(f"{run_dir}: epoch {epoch}: {exc}") from None
-        if self.cfg["loss"] == "cross_entropy":
-            val_ce, val_accuracy, _, _ = accuracy_and_cross_entropy(
-                self.model, self.val_loader, self.predict, self.placement
-            )
-            validation = {"val_loss": val_ce, "val_accuracy": val_accuracy}
-        else:
-            val_mse, _, _ = mse_per_output(
-                self.model, self.val_loader, self.predict, self.placement
-            )
-            names = output_names(self.val_loader.dataset, len(val_mse))
-            validation = {
-                "val_loss": float(val_mse.mean()),
-                **{f"val_mse_{n}": v for n, v in zip(names, val_mse.tolist(), strict=True)},
-            }
+        validation = self._validate()
         if not math.isfinite(validation["val_loss"]):
             raise FloatingPointError(f"{run_dir}: non-finite validation loss at epoch {epoch}")
         return {
@@ -245,6 +277,31 @@ class _Run:
             **validation,
             "lr": self.optimisation.lr,
             "seconds": time.perf_counter() - start,
+        }
+
+    def _validate(self) -> dict[str, float]:
+        """The validation metrics of the epoch (over all processes' shards in a parallel run)."""
+        args = (self.model, self.val_loader, self.predict, self.placement)
+        if self.cfg["loss"] == "cross_entropy":
+            if not self.world.parallel:
+                val_ce, val_accuracy, _, _ = accuracy_and_cross_entropy(*args)
+            else:
+                _, _, logits, classes = accuracy_and_cross_entropy(*args)
+                ce = torch.nn.functional.cross_entropy(logits.double(), classes, reduction="sum")
+                correct = (logits.argmax(1) == classes).sum()
+                sums = distributed.all_reduce_sum([float(ce), float(correct), len(classes)])
+                val_ce, val_accuracy = float(sums[0] / sums[2]), float(sums[1] / sums[2])
+            return {"val_loss": val_ce, "val_accuracy": val_accuracy}
+        if not self.world.parallel:
+            val_mse, _, _ = mse_per_output(*args)
+        else:
+            squared, count, _, _ = squared_error_sums(*args)
+            sums = distributed.all_reduce_sum([*squared.double().tolist(), count])
+            val_mse = sums[:-1] / sums[-1]
+        names = output_names(self.val_loader.dataset, len(val_mse))
+        return {
+            "val_loss": float(val_mse.mean()),
+            **{f"val_mse_{n}": v for n, v in zip(names, val_mse.tolist(), strict=True)},
         }
 
     def _seed_epoch(self, epoch: int) -> None:
@@ -280,20 +337,25 @@ class _Run:
     def _train(self, epoch: int, bar: tqdm) -> float:
         """One pass over the training batches; returns the mean training loss (per sample)."""
         device, amp_dtype = self.placement.device, self.placement.amp_dtype
-        self.model.train()
+        self.net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         n_seen, n_batches = 0, len(self.train_loader)
+        # In a parallel run, the rows of its global batch that each batch here is.
+        shards = self.train_shards.shards() if self.world.parallel else [None] * n_batches
         for b, batch in enumerate(self.train_loader):
-            batch = self._transform(to_device(batch, device, channels_last=False))
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                pred = self.predict(self.model, batch)
+            shard = shards[b]
+            with computing_shard(shard):  # random draws for the whole global batch
+                batch = self._transform(to_device(batch, device, channels_last=False))
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    pred = self.predict(self.net, batch)
             loss = LOSSES[self.cfg["loss"]](pred.float(), batch["target"])
-            self.optimisation.step(loss)
+            weight = 1.0 if shard is None else distributed.loss_weight(shard, self.world)
+            self.optimisation.step(loss if weight == 1.0 else loss * weight)
             loss_sum += loss.detach().double() * pred.shape[0]
             n_seen += pred.shape[0]
             bar.update(1)
             if b % 10 == 0 or b == n_batches - 1 or self.on_batch_end is not None:
-                value = loss.item()  # synchronises with the device, so not on every batch
+                value = self._batch_loss(loss, shard)  # synchronises, so not on every batch
                 if not math.isfinite(value):
                     raise FloatingPointError(
                         f"non-finite training loss at batch {b} "
@@ -302,7 +364,16 @@ class _Run:
                 bar.set_postfix(loss=f"{(loss_sum / n_seen).item():.4g}", refresh=False)
                 if self.on_batch_end is not None:
                     self.on_batch_end(epoch, b, value)
+        if self.world.parallel:
+            total, count = distributed.all_reduce_sum([float(loss_sum), n_seen]).tolist()
+            return total / count
         return float(loss_sum / n_seen)
+
+    def _batch_loss(self, loss: torch.Tensor, shard: BatchShard | None) -> float:
+        """The mean loss of the global batch (of this batch in a single process)."""
+        if shard is None:
+            return loss.item()
+        return float(distributed.all_reduce_sum([loss.item() * shard.size])[0] / shard.total)
 
 
 def _identify(
@@ -360,9 +431,18 @@ def _loader(
     )
 
 
-def _bar(cfg: dict[str, Any], desc: str, total: int, unit: str, initial: int = 0, **kw) -> tqdm:
-    """A progress bar (switched off by option ``progress``)."""
-    disable = not cfg["progress"]
+def _bar(
+    cfg: dict[str, Any],
+    desc: str,
+    total: int,
+    unit: str,
+    initial: int = 0,
+    *,
+    shown: bool = True,
+    **kw,
+) -> tqdm:
+    """A progress bar (switched off by option ``progress``, or by ``shown``)."""
+    disable = not (cfg["progress"] and shown)
     return tqdm(
         total=total,
         initial=initial,
@@ -374,7 +454,9 @@ def _bar(cfg: dict[str, Any], desc: str, total: int, unit: str, initial: int = 0
     )
 
 
-def _result(progress: Progress, device: torch.device, run_hash: str) -> dict[str, Any]:
+def _result(
+    progress: Progress, device: torch.device, run_hash: str, world: distributed.World
+) -> dict[str, Any]:
     """What :func:`fit` returns, and the sidecar records: the best epoch and how the run went."""
     best = progress.metrics[progress.best_epoch - 1]
     return {
@@ -384,6 +466,7 @@ def _result(progress: Progress, device: torch.device, run_hash: str) -> dict[str
         "epochs_completed": progress.epoch,
         "stopped_early": progress.stopped,
         "device": str(device),
+        "processes": world.size,
         "config_hash": run_hash,
     }
 

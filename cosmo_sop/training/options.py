@@ -22,8 +22,10 @@ from cosmo_sop.config import defaults, with_defaults
 from cosmo_sop.errors import InputError
 
 #: Keys of the ``training`` section that the workflow reads (memory held by the datasets, GPUs
-#: a job asks the scheduler for), not :func:`cosmo_sop.training.loop.fit`; left out of its options.
-WORKFLOW_KEYS = frozenset({"memory_budget_gib", "gpus"})
+#: and nodes a job asks the scheduler for and launches processes on), not
+#: :func:`cosmo_sop.training.loop.fit`; left out of its options, so that a run may be resumed on
+#: another number of processes.
+WORKFLOW_KEYS = frozenset({"memory_budget_gib", "gpus", "nodes"})
 
 #: Options that change how fast a run goes but not its results; left out of the config hash
 #: so that a run may be resumed with, e.g., more workers.
@@ -79,9 +81,10 @@ class Placement:
     channels_last: bool = False
 
     @classmethod
-    def of(cls, cfg: Mapping[str, Any]) -> Placement:
-        """The placement that options ``device``, ``precision`` and ``channels_last`` select."""
-        device = select_device(cfg["device"])
+    def of(cls, cfg: Mapping[str, Any], device: torch.device | None = None) -> Placement:
+        """The placement that options ``device``, ``precision`` and ``channels_last`` select
+        (``device``, if given, instead of option ``device``)."""
+        device = select_device(cfg["device"]) if device is None else device
         return cls(
             device,
             autocast_dtype(cfg["precision"], device),

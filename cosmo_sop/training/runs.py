@@ -13,6 +13,10 @@ folder (:func:`cosmo_sop.layout.model_dir`)::
     test_predictions.npz  written here: the test split's predictions and targets
 
 :func:`cosmo_sop.models.load_sop` and :func:`~cosmo_sop.models.load_backbone` read it back.
+
+Launched by ``torchrun`` (config key ``training.gpus`` above 1), every process trains (see
+:mod:`cosmo_sop.training.distributed`); process 0 alone evaluates the test split and writes the
+run folder while the others wait, and every process returns the test metrics.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from cosmo_sop.models.backbone import ConvRegressor
 from cosmo_sop.models.sop import SumOfParts
 from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.trained import check_provenance, load_backbone
-from cosmo_sop.storage import atomic_path, write_json
+from cosmo_sop.storage import atomic_path, read_json, write_json
+from cosmo_sop.training import distributed
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.comparison import mse_ratio_to_backbone, read_test_predictions
 from cosmo_sop.training.data import SPLITS, PatchData
@@ -122,6 +127,18 @@ def train_backbone(
     dict
         The test metrics, also written to ``run_dir/test_metrics.json``.
     """
+    with distributed.session(config["training"]["device"]):
+        return _train_backbone(patches, run_dir, config, bias_free, architecture, restart_stale)
+
+
+def _train_backbone(
+    patches: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: dict[str, Any],
+    bias_free: bool,
+    architecture: Architecture,
+    restart_stale: bool,
+) -> dict[str, Any]:
     data = PatchData(patches)
     _require_splits(data)
     scaler = data.scaler()
@@ -181,6 +198,18 @@ def train_sop(
         The test metrics with SOP's group statistics, also written to
         ``run_dir/test_metrics.json``.
     """
+    with distributed.session(config["training"]["device"]):
+        return _train_sop(patches, segments, backbone_dir, run_dir, config, restart_stale)
+
+
+def _train_sop(
+    patches: str | os.PathLike,
+    segments: str | os.PathLike | None,
+    backbone_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    config: dict[str, Any],
+    restart_stale: bool,
+) -> dict[str, Any]:
     backbone, backbone_sidecar = load_backbone(backbone_dir)
     if config["sop"]["tokens"] == "segments" and segments is None:
         raise InputError(
@@ -233,7 +262,26 @@ def _write_test_metrics(
 
     For SOP, also its group statistics, the random-group floor and, from the backbone's
     ``backbone_predictions``, the MSE ratio to the backbone with cosmology-bootstrap CIs.
+
+    In a parallel run, process 0 evaluates and writes while the others wait, then read them.
     """
+    if distributed.current().main:
+        metrics = _evaluate_test(
+            model, data, scaler, predict, run_dir, config, backbone_predictions
+        )
+    distributed.barrier()
+    return metrics if distributed.current().main else read_json(Path(run_dir) / TEST_METRICS)
+
+
+def _evaluate_test(
+    model: torch.nn.Module,
+    data: PatchData,
+    scaler: LabelScaler,
+    predict: Predict,
+    run_dir: str | os.PathLike,
+    config: dict[str, Any],
+    backbone_predictions: Path | None,
+) -> dict[str, Any]:
     test = data.dataset("test", scaler, config["training"]["memory_budget_gib"])
     result = evaluate(model, test, predict, batch_size=config["training"]["eval_batch_size"])
     metrics = {

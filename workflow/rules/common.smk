@@ -9,6 +9,7 @@ sys.path.insert(0, workflow.basedir)
 from cosmo_sop import layout
 from cosmo_sop.config import task_config, validate_config
 from cosmo_sop.errors import InputError
+from cosmo_sop.scheduler import SCHEDULER_VARIABLE
 
 # The CLI's own validation (one schema, workflow/schemas links to cosmo_sop/schemas, and every
 # check across keys), before any job: a bad config costs no work. It fills every default into
@@ -25,10 +26,15 @@ except InputError as error:
 # (a venv need not be activated), so the library needs no install inside per-rule conda envs
 # (conda cannot pip-install a path relative to an env file). With --use-conda the rule's env is
 # activated in front of that interpreter and wins. Snakemake's own prefix is kept.
+# A dask.distributed scheduler (`parallel.dask_scheduler`) reaches the data-stage commands
+# the same way, as their default for --dask-scheduler: the commands, which Snakemake compares
+# between runs, stay the same.
+DASK_SCHEDULER = config["parallel"]["dask_scheduler"]
 shell.prefix(
     "set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(workflow.basedir)}" + "${{PYTHONPATH:+:$PYTHONPATH}}; "
     f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH; "
+    + (f"export {SCHEDULER_VARIABLE}={shlex.quote(DASK_SCHEDULER)}; " if DASK_SCHEDULER else "")
 )
 
 RESULTS = Path(config["results"])
@@ -143,3 +149,27 @@ def data_stage_outputs():
         outputs.append(layout.segments(RESULTS, level))
         outputs.append(layout.level_figures(RESULTS, level) / layout.SEGMENTS_FIGURE)
     return outputs
+
+
+# The data stage on a cluster (config section `parallel`). Its options go on the command lines
+# as these globals, not in params: changing them changes no result, so it reruns nothing.
+COSMOLOGIES_PER_JOB = config["parallel"]["cosmologies_per_job"]
+
+
+def planned_parts():
+    """Parts of ingest and segmentation: one per `parallel.cosmologies_per_job` cosmologies
+    (0: one job each). The release's cosmologies are counted in its metainfo file."""
+    if not COSMOLOGIES_PER_JOB:
+        return 0
+    from cosmo_sop.fanout import part_count
+    from cosmo_sop.ingest.run import cosmology_count
+
+    try:
+        return part_count(cosmology_count(config, source_root()), COSMOLOGIES_PER_JOB)
+    except InputError as error:
+        print(error, file=sys.stderr)
+        sys.exit(2)
+
+
+N_PARTS = planned_parts()
+PARTS_OPTIONS = f"--parts {N_PARTS} --cosmologies-per-job {COSMOLOGIES_PER_JOB}"

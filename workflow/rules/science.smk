@@ -18,7 +18,7 @@ rule explain:
     resources:
         mem_mb=4000,
         runtime=60,
-        gpu=config["training"]["gpus"],
+        gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "explain_{level}"),
     conda:
@@ -87,7 +87,7 @@ rule faithfulness:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=config["training"]["gpus"],
+        gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "faithfulness_{level}"),
     conda:

@@ -3,6 +3,9 @@
 # (vit_images) and a pretrained MiniLM encoder on reading comprehension (bert_text). The ViT
 # rules are the CNN's rules (`use rule`) on the tree results/vit_maps/<level>/; the X-DNN of
 # the ViT's faithfulness table is the CNN's twin (a ViT has none: attention is not homogeneous).
+# The ViT's training is launched like the CNN's (TRAIN_LAUNCH, train.smk: torchrun on several
+# GPUs); the image and text task jobs, which train and evaluate several models, run in one
+# process whatever `training.gpus`.
 
 rule train_vit_maps_backbone:
     input:
@@ -14,17 +17,19 @@ rule train_vit_maps_backbone:
     params:
         config=vit_config_json("vit", "training"),
         run_dir=lambda wildcards, output: Path(output.weights).parent,
+        launch=TRAIN_LAUNCH,
     threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=config["training"]["gpus"],
+        nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_vit_maps_backbone_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
-        "python -m cosmo_sop train-vit --patches {input:q}"
+        "{params.launch} -m cosmo_sop train-vit --patches {input:q}"
         " --output {params.run_dir:q} --restart-stale"
         " --config-json {params.config:q} 2>&1 | tee {log:q}"
 
@@ -46,6 +51,7 @@ use rule train_sop as train_vit_maps_sop with:
             f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
         ),
         run_dir=lambda wildcards, output: Path(output.weights).parent,
+        launch=TRAIN_LAUNCH,
     log:
         layout.log(RESULTS, "train_vit_maps_sop_{level}"),
 
@@ -132,7 +138,7 @@ rule task_vit_images:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=config["training"]["gpus"],
+        gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "task_vit_images"),
     conda:
@@ -152,7 +158,7 @@ rule task_bert_text:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=config["training"]["gpus"],
+        gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "task_bert_text"),
     conda:

@@ -1,6 +1,12 @@
 # The models, per noise level: the CNN backbone, its X-DNN twin (for X-Gradient) and the
 # Sum-of-Parts model around the frozen backbone. Interrupted training resumes from the run
-# folder's checkpoint; `resources: gpu` lets a cluster profile ask for GPUs.
+# folder's checkpoint; `resources: gpu` (and `nodes`) let a cluster profile ask for GPUs.
+# TRAIN_LAUNCH (params.launch) starts the training commands: `python`, or with `training.gpus` > 1
+# `torchrun` with a process per GPU (data-parallel, cosmo_sop/training/distributed.py); it is
+# chosen in cosmo_sop/launch.py, for these rules and the ViT's in tasks.smk.
+from cosmo_sop.launch import training_launcher
+
+TRAIN_LAUNCH = training_launcher(config["training"]["gpus"], config["training"]["nodes"])
 
 
 rule train_backbone:
@@ -15,18 +21,20 @@ rule train_backbone:
     params:
         config=config_json("backbone", "training"),
         run_dir=lambda wildcards, output: Path(output.weights).parent,
+        launch=TRAIN_LAUNCH,
         command=lambda wildcards: "train-xdnn" if wildcards.model == "xdnn" else "train-backbone",
     threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=config["training"]["gpus"],
+        nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_{model}_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
-        "python -m cosmo_sop {params.command} --patches {input:q}"
+        "{params.launch} -m cosmo_sop {params.command} --patches {input:q}"
         " --output {params.run_dir:q} --restart-stale"
         " --config-json {params.config:q} 2>&1 | tee {log:q}"
 
@@ -48,17 +56,19 @@ rule train_sop:
             f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
         ),
         run_dir=lambda wildcards, output: Path(output.weights).parent,
+        launch=TRAIN_LAUNCH,
     threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=config["training"]["gpus"],
+        nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_sop_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
-        "python -m cosmo_sop train-sop --patches {input.patches:q} {params.segments}"
+        "{params.launch} -m cosmo_sop train-sop --patches {input.patches:q} {params.segments}"
         " --backbone {params.backbone_dir:q} --output {params.run_dir:q} --restart-stale"
         " --config-json {params.config:q} 2>&1 | tee {log:q}"
 
@@ -83,17 +93,19 @@ rule train_sop_sweep:
             f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
         ),
         run_dir=lambda wildcards, output: Path(output.weights).parent,
+        launch=TRAIN_LAUNCH,
     threads: workflow.cores
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=config["training"]["gpus"],
+        nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_sop_sweep_{level}_{tau}"),
     conda:
         "../envs/models.yaml"
     shell:
-        "python -m cosmo_sop train-sop --patches {input.patches:q} {params.segments}"
+        "{params.launch} -m cosmo_sop train-sop --patches {input.patches:q} {params.segments}"
         " --backbone {params.backbone_dir:q} --output {params.run_dir:q} --restart-stale"
         " --config-json {params.config:q} 2>&1 | tee {log:q}"
 
