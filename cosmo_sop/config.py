@@ -3,10 +3,11 @@
 The schema (``cosmo_sop/schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the
 single source of truth for keys and defaults. :func:`validate_config` is the one validation, for
 the Snakefile (before any job), the CLI and the library alike: the schema, through
-:func:`snakemake.utils.validate`, which also fills in the defaults, then the checks across keys
-that a schema cannot state (names that become folders, network sizes against the patch size).
-Standard library and PyYAML only at import (plus Snakemake's validator when called): the data
-stage runs without PyTorch, so the network arithmetic comes from :mod:`cosmo_sop.conv_sizes`.
+:mod:`jsonschema`, which also fills in the defaults as :func:`snakemake.utils.validate` does, then
+the checks across keys that a schema cannot state (names that become folders, network sizes
+against the patch size). Standard library and PyYAML only at import (plus jsonschema when
+called): the data stage runs without PyTorch, so the network arithmetic comes from
+:mod:`cosmo_sop.conv_sizes`.
 """
 
 from __future__ import annotations
@@ -56,14 +57,13 @@ def validate_config(
     InputError
         Naming ``where`` and the first key that fails the schema or a cross-key check.
     """
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
+    import jsonschema
 
     given = None if whole else frozenset(config or ())
     config = copy.deepcopy(config) if config else {}
     try:
-        validate(config, str(SCHEMA_PATH), set_default=True)
-    except WorkflowError as exc:
+        _validator().validate(config)
+    except jsonschema.ValidationError as exc:
         raise InputError(where, _schema_message(exc)) from None
     _check_consistency(config, where, given)
     return config
@@ -159,16 +159,35 @@ def _merged(base: Any, override: Any) -> Any:
     return out
 
 
-def _schema_message(exc: Exception) -> str:
-    # snakemake wraps the jsonschema error; its first lines hold the useful part.
-    cause = exc.__cause__ or exc.__context__
-    import jsonschema
+@functools.cache
+def _validator() -> Any:
+    """The schema's validator, filling in defaults as it goes.
 
-    while cause is not None and not isinstance(cause, jsonschema.ValidationError):
-        cause = cause.__cause__ or cause.__context__
-    if cause is None:
-        text = " ".join(str(exc).split())
-        return f"fails the config schema: {text[:300]}"
+    Snakemake's :func:`snakemake.utils.validate` does the same, but it reads and parses the
+    schema file anew on each call, in pure-Python YAML: 0.5 s each, four times per workflow
+    start and once or more per job. Here the file is parsed once per process (LibYAML when
+    PyYAML has it), and a default is copied into the config, so that no config shares an
+    object with the cached schema.
+    """
+    from jsonschema import Draft202012Validator, validators
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    schema = yaml.load(SCHEMA_PATH.read_text(), Loader=loader)
+    check_properties = Draft202012Validator.VALIDATORS["properties"]
+
+    def fill_defaults_then_check(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for key, property_schema in properties.items():
+                if "default" in property_schema and key not in instance:
+                    instance[key] = copy.deepcopy(property_schema["default"])
+        yield from check_properties(validator, properties, instance, subschema)
+
+    filling = validators.extend(Draft202012Validator, {"properties": fill_defaults_then_check})
+    return filling(schema)
+
+
+def _schema_message(cause: Any) -> str:
+    """One line for a :class:`jsonschema.ValidationError`: the key and what is wrong."""
     key = ".".join(str(p) for p in cause.absolute_path) or "(top level)"
     # A regular expression says little to most readers: the key's description says it in words.
     said = cause.schema.get("description") if cause.validator == "pattern" else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cosmo_sop.config import load_config, validate_config
+from cosmo_sop.config import SCHEMA_PATH, load_config, validate_config
 from cosmo_sop.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,33 @@ def test_paper_config_is_valid_once_given_the_release(tmp_path):
 def test_schema_link_points_at_the_package_schema():
     link = ROOT / "workflow" / "schemas" / "config.schema.yaml"
     assert link.resolve() == (ROOT / "cosmo_sop" / "schemas" / "config.schema.yaml").resolve()
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "lognormal.yaml", "paper.yaml", None])
+def test_defaults_are_filled_as_snakemakes_validator_fills_them(name, tmp_path):
+    """The schema, parsed once per process, fills in the same defaults as
+    snakemake.utils.validate, which parses it anew on each call."""
+    from snakemake.utils import validate
+
+    raw = yaml.safe_load((ROOT / "config" / name).read_text()) if name else {}
+    if "cosmogrid" in raw:
+        raw["cosmogrid"]["root"] = str(tmp_path)
+    theirs = copy.deepcopy(raw)
+    validate(theirs, str(SCHEMA_PATH), set_default=True)
+    assert validate_config(raw, name or "defaults", whole=True) == theirs
+
+
+def test_a_changed_config_leaves_the_next_ones_defaults_alone():
+    """A default is copied into each config: changing one config's nested default (a section
+    defaulted whole, a list) must not reach the schema the next validation reads."""
+    first = validate_config({}, "first", whole=True)
+    first["training"]["epochs"] = -1
+    first["structures"]["definitions"].clear()
+    first["noise"][0]["name"] = "changed"
+    assert validate_config({}, "second", whole=True) == validate_config({}, "third", whole=True)
+    second = validate_config({}, "second", whole=True)
+    assert second["training"]["epochs"] > 0 and second["structures"]["definitions"]
+    assert second["noise"][0]["name"] != "changed"
 
 
 @pytest.mark.parametrize(
