@@ -140,6 +140,7 @@ def _assert_same_training(run: Path, reference: Path) -> None:
     assert got["best_val_loss"] == pytest.approx(want["best_val_loss"], rel=LOSS_RTOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["backbone", "sop"])
 def test_two_processes_train_as_one(runs, model):
     """Same weights, losses, best epoch and test metrics as one process, within tolerance."""
@@ -153,6 +154,7 @@ def test_two_processes_train_as_one(runs, model):
     assert runs["seconds"] < 120  # the whole launch: four trainings in two processes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["backbone", "sop"])
 def test_process_0_alone_writes_the_files_of_one_process(runs, model):
     """Process 1 ran under an audit hook refusing any change under ddp/ (the launch would have
@@ -163,6 +165,7 @@ def test_process_0_alone_writes_the_files_of_one_process(runs, model):
     assert not (runs["ddp"] / "probe").exists()  # the hook's own check refused it
 
 
+@pytest.mark.slow
 def test_runs_resume_across_process_counts(runs):
     """A single-process checkpoint finished by 2 processes, and a 2-process checkpoint finished
     by one process, give the uninterrupted run's weights and metrics."""

@@ -62,6 +62,7 @@ def test_projected_profile_is_ccls_truncated_nfw_and_holds_the_mass():
         assert enclosed * m / r_s**2 == pytest.approx(m, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_halo_counts_match_the_mass_function_integral_within_poisson_errors(run):
     """Sampled counts per (z, mass) bin against an integral of CCL's mass function over the
     differential volume dV/dz = 4 pi chi^2 c / H(z), on grids of its own."""
@@ -90,6 +91,7 @@ def test_halo_counts_match_the_mass_function_integral_within_poisson_errors(run)
     assert sampled[~populated].sum() < 4 * expected[~populated].sum() + 10
 
 
+@pytest.mark.slow
 def test_painted_halos_have_the_one_halo_power():
     """anafast of painted halo maps (mean of 4 realisations) against the one-halo Limber
     spectra, within 8 % in bands of 20 <= l < 256 (the shot noise of the rarest, heaviest
@@ -113,6 +115,7 @@ def test_painted_halos_have_the_one_halo_power():
             assert ratio == pytest.approx(1.0, abs=0.08), (b, lo, ratio)
 
 
+@pytest.mark.slow
 def test_total_power_stays_at_halofit(numbers):
     """37 <= l <= 512: every band of every bin within 8 % of halofit (one full-sky
     realisation), and within 5 % of the lognormal-only mock of the same seed for l >= 19."""
@@ -123,6 +126,7 @@ def test_total_power_stays_at_halofit(numbers):
     assert np.all(np.abs(halos[..., edges[:-1] >= 19] / plain[..., edges[:-1] >= 19] - 1) < 0.05)
 
 
+@pytest.mark.slow
 def test_high_peaks_carry_more_sigma8_information_with_halos(numbers):
     """S/N > 4 peaks: more with halos at every sigma_8, rising with sigma_8, and a Poisson
     Fisher information (dN/dsigma_8)^2 / N about sigma_8 at least 1.5 times the lognormal
@@ -138,6 +142,7 @@ def test_high_peaks_carry_more_sigma8_information_with_halos(numbers):
     assert fisher["with_halos"][t] > 1.5 * fisher["lognormal"][t]
 
 
+@pytest.mark.slow
 def test_one_point_pdf_has_the_halos_tail(run, numbers):
     """Above the lognormal-only map's 99.99 % quantile lie at least 2.5 times as many pixels
     of the halo map (measured 3.0 to 18.6), in every bin and at every sigma_8, and the maxima
@@ -152,6 +157,7 @@ def test_one_point_pdf_has_the_halos_tail(run, numbers):
     assert np.all((width > 1) & (width < 1.15)), width
 
 
+@pytest.mark.slow
 def test_figures_and_numbers_are_written(run, numbers, tmp_path):
     write_halo_figures(run, numbers, tmp_path)
     for name in layout.HALO_FIGURES.values():

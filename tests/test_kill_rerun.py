@@ -38,6 +38,9 @@ from cosmo_sop.layout import (
 )
 from cosmo_sop.sources.cosmogrid.layout import METAINFO_NAME
 
+#: Minutes of killed steps and reruns: out of the inner loop (pytest -m "not slow").
+pytestmark = pytest.mark.slow
+
 #: The data steps' config: the tiny workflow's (tests/fixtures/workflow.py), with three
 #: cosmologies of two redshift bins, and a token grid that fits its 12-pixel patches.
 _WORKFLOW = tiny_workflow_config(Path("unused"))

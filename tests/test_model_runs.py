@@ -99,6 +99,7 @@ def test_load_sop_refuses_a_backbone_folder(trained):
         load_sop(tmp / "nothing_here")
 
 
+@pytest.mark.slow
 def test_cli_trains_the_xdnn_and_patch_token_sop(trained, tmp_path):
     _, patches, _, _ = trained
     config = json.dumps(tiny_config(tokens="patches"))

@@ -182,6 +182,7 @@ result = fit(build_model(), patches.dataset("train"), patches.dataset("val"), pr
 """
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(store, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(RESUME_SCRIPT.format(tests=str(Path(__file__).parent))))

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from fixtures.workflow import tiny_task_settings, tiny_workflow_config
+from fixtures.workflow import ROOT, SNAKEMAKE, run_snakemake, tiny_workflow_config
 
 from cosmo_sop.models import load_sop
-
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-
-
-def run_snakemake(workdir: Path, configfile: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            *SNAKEMAKE,
-            "--directory",
-            str(workdir),
-            "--configfile",
-            str(configfile),
-            "--cores",
-            "2",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 def test_lint_is_clean():
@@ -50,7 +28,7 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     config["mock"]["nside"] = 33
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    result = run_snakemake(tmp_path, configfile)
+    result = run_snakemake(tmp_path, configfile, "--cores", "2")
     assert result.returncode != 0
     assert "nside" in result.stderr
     assert not (tmp_path / "results").exists()
@@ -88,7 +66,7 @@ def test_the_clis_config_checks_stop_the_workflow_before_any_job(tmp_path, break
     break_config(config)
     configfile = tmp_path / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    result = run_snakemake(tmp_path, configfile)
+    result = run_snakemake(tmp_path, configfile, "--cores", "2")
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
     assert result.stderr.startswith(f"{configfile}: {message}")
@@ -97,15 +75,12 @@ def test_the_clis_config_checks_stop_the_workflow_before_any_job(tmp_path, break
 
 
 @pytest.mark.slow
-def test_demo_workflow_end_to_end(tmp_path):
-    config = {**tiny_workflow_config(tmp_path), **tiny_task_settings()}
-    configfile = tmp_path / "config.yaml"
-    configfile.write_text(yaml.safe_dump(config))
-
-    result = run_snakemake(tmp_path, configfile)
+def test_demo_workflow_end_to_end(tiny_workflow):
+    """The session's tiny run of the whole workflow (conftest.tiny_workflow): every output."""
+    result = tiny_workflow.process
     assert result.returncode == 0, result.stderr[-4000:]
 
-    results = tmp_path / "results"
+    results = tiny_workflow.results
     patches = xr.open_zarr(results / "patches.zarr")
     assert patches.kappa.dims == ("sample", "bin", "y", "x")
     assert patches.kappa.shape[1:] == (2, 12, 12)
@@ -183,12 +158,20 @@ def test_demo_workflow_end_to_end(tmp_path):
     text_sop = load_sop(results / "bert_text" / "models" / "sop")  # the MiniLM reads back
     assert text_sop.model.backbone.config["architecture"] == "minilm"
 
-    # Nothing left to do on a rerun; a new noise level reruns only its own branch.
-    dry = run_snakemake(tmp_path, configfile, "--dry-run")
+
+@pytest.mark.slow
+def test_a_rerun_plans_only_what_changed(tiny_workflow):
+    """Nothing left to do on a rerun; a new noise level reruns only its own branch (dry runs of
+    the session's tiny run, which they leave as it is)."""
+    assert tiny_workflow.process.returncode == 0, tiny_workflow.process.stderr[-4000:]
+    workdir = tiny_workflow.workdir
+    dry = run_snakemake(workdir, tiny_workflow.configfile, "--cores", "2", "--dry-run")
     assert "Nothing to be done" in dry.stdout + dry.stderr
+    config = copy.deepcopy(tiny_workflow.config)
     config["noise"].append({"name": "deep", "n_gal_arcmin2": 30.0})
+    configfile = workdir / "config_with_a_new_level.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    dry = run_snakemake(tmp_path, configfile, "--dry-run", "--quiet", "rules")
+    dry = run_snakemake(workdir, configfile, "--cores", "2", "--dry-run", "--quiet", "rules")
     planned = dry.stdout + dry.stderr
     assert "add_noise" in planned and "segment" in planned and "train_sop" in planned
     assert "simulate_mock" not in planned and "ingest " not in planned

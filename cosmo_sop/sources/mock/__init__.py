@@ -12,6 +12,7 @@ against the lognormal-only mock.
 from cosmo_sop.sources.mock.design import cosmology_dtype, draw_cosmologies, unit_design
 from cosmo_sop.sources.mock.halos import (
     HaloCatalogue,
+    HaloLightcone,
     HaloModel,
     halo_convergence,
     one_halo_spectra,
@@ -47,6 +48,7 @@ from cosmo_sop.sources.mock.writer import (
 
 __all__ = [
     "HaloCatalogue",
+    "HaloLightcone",
     "HaloModel",
     "MOCK_FORMAT",
     "PROVENANCE_ATTR",

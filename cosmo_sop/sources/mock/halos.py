@@ -8,12 +8,12 @@ exponentially sensitive to sigma_8. Following the fast stochastic model of Lin &
 
 1. the light cone to ``z_max`` is cut into fine cells in (redshift, log mass); each cell holds a
    Poisson number of halos with mean ``dn/dlog10M dV dlog10M`` from CCL's mass function
-   (:func:`expected_counts`, :func:`sample_halos`);
+   (:func:`expected_counts`, :meth:`HaloLightcone.sample`);
 2. halos are placed uniformly on the sphere (so they are uncorrelated with the lognormal
    field, which carries the large-scale, two-halo power);
 3. each halo adds its truncated NFW convergence (:func:`truncated_nfw_projected`), truncated at
    ``r_Delta`` of the mass definition, to every tomographic bin, weighted by the bin's lensing
-   kernel at the halo's distance (:func:`paint_halos`);
+   kernel at the halo's distance (:meth:`HaloLightcone.paint`);
 4. to keep the total power at halofit, the lognormal field is given the halofit spectra minus
    the one-halo term of the painted halos (:func:`one_halo_spectra`).
 
@@ -155,30 +155,6 @@ class HaloCatalogue:
         return np.stack([sin_theta * np.cos(phi), sin_theta * np.sin(phi), cos_theta], axis=1)
 
 
-def sample_halos(cosmo: ccl.Cosmology, model: HaloModel, rng: np.random.Generator) -> HaloCatalogue:
-    """Poisson-sample the halos of the full sky out to ``model.z_max``.
-
-    Each fine cell (:meth:`HaloModel.cells`) holds a Poisson number with mean
-    :func:`expected_counts`; within it halos are uniform in comoving volume and in log mass,
-    and their directions are uniform on the sphere.
-    """
-    z_edges, m_edges = model.cells()
-    counts = rng.poisson(expected_counts(cosmo, model, z_edges, m_edges))
-    z_cell, mass_cell = np.nonzero(counts)
-    repeats = counts[z_cell, mass_cell]
-    z_cell, mass_cell = np.repeat(z_cell, repeats), np.repeat(mass_cell, repeats)
-    n = len(z_cell)
-    chi_edges = ccl.comoving_radial_distance(cosmo, 1.0 / (1.0 + z_edges))
-    lo, hi = chi_edges[z_cell] ** 3, chi_edges[z_cell + 1] ** 3
-    chi = np.cbrt(lo + (hi - lo) * rng.random(n))
-    log10_mass = m_edges[mass_cell] + np.diff(m_edges)[mass_cell] * rng.random(n)
-    cos_theta = rng.uniform(-1.0, 1.0, n)
-    phi = rng.uniform(0.0, 2.0 * np.pi, n)
-    # distance to redshift by interpolation on the fine cell edges (chi is monotonic in z)
-    z = np.interp(chi, chi_edges, z_edges)
-    return HaloCatalogue(z, chi, log10_mass, cos_theta, phi, z_cell, mass_cell)
-
-
 # ----------------------------------------------------------------------------------------------
 # profiles
 
@@ -228,27 +204,6 @@ def truncated_nfw_projected(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return out
 
 
-def halo_radii(
-    cosmo: ccl.Cosmology, model: HaloModel, catalogue: HaloCatalogue
-) -> tuple[np.ndarray, np.ndarray]:
-    """Comoving ``r_Delta`` (Mpc) and concentration of every halo.
-
-    Evaluated on the fine cells (mass and redshift at the cell centres) and looked up per
-    halo: CCL's concentrations take one scale factor per call.
-    """
-    z_edges, m_edges = model.cells()
-    z_mid = 0.5 * (z_edges[1:] + z_edges[:-1])
-    mass = 10.0 ** (0.5 * (m_edges[1:] + m_edges[:-1]))
-    radius = np.empty((len(z_mid), len(mass)))
-    concentration = np.empty_like(radius)
-    for i in np.unique(catalogue.z_cell):
-        a = 1.0 / (1.0 + z_mid[i])
-        radius[i] = model.mass_def.get_radius(cosmo, mass, a) / a  # physical -> comoving
-        concentration[i] = model.concentration(cosmo, mass, a)
-    cells = (catalogue.z_cell, catalogue.mass_cell)
-    return radius[cells], concentration[cells]
-
-
 # ----------------------------------------------------------------------------------------------
 # painting
 
@@ -270,74 +225,154 @@ def _stencils(nside: int, centres: np.ndarray, depth: int) -> np.ndarray:
     return stencil
 
 
-def paint_halos(
-    cosmo: ccl.Cosmology,
-    model: HaloModel,
-    catalogue: HaloCatalogue,
-    kernels: list[tuple[np.ndarray, np.ndarray]],
-    nside: int,
-) -> np.ndarray:
-    """Convergence of the halos of a catalogue in each tomographic bin.
+@dataclass(frozen=True)
+class HaloLightcone:
+    """The halos' light cone of one cosmology: what all its realisations share, computed once.
 
-    A halo of mass ``M`` at comoving distance ``chi`` adds to bin ``b`` the convergence
-    ``q_b(chi) Sigma(chi theta) / rho_m``, with ``q_b`` the bin's lensing kernel, ``Sigma`` the
-    comoving surface density of its truncated NFW profile and ``rho_m`` the comoving mean
-    matter density. Its mass is spread over the pixels within its truncation radius (up to
-    ``model.max_rings`` rings of neighbours, by its angular size), in proportion to the profile at
-    each pixel's centre (at no less than a quarter pixel from the halo, the pixel-averaged
-    cusp), and renormalised so that every halo deposits exactly its mass ``M_Delta``. A halo
-    smaller than half a pixel puts all of it in its centre pixel.
-
-    Parameters
-    ----------
-    kernels
-        ``(chi, q)`` of each bin, from :func:`pyccl.get_lensing_kernel` (Mpc, 1/Mpc).
-    nside
-        HEALPix resolution.
-
-    Returns
-    -------
-    ndarray, shape (n_bins, 12 nside^2), float64
-        Halo convergence in RING order (with its positive mean: see :func:`halo_convergence`).
+    The mean count, comoving ``r_Delta`` and concentration of every fine (redshift, log mass)
+    cell (:meth:`HaloModel.cells`) and the bins' lensing kernels depend on the cosmology only:
+    :meth:`of` evaluates them once, and each realisation (:meth:`convergence`) then costs only
+    its Poisson draw and its painting.
     """
-    npix = hp.nside2npix(nside)
-    maps = np.zeros((len(kernels), npix))
-    if len(catalogue) == 0:
+
+    cosmo: ccl.Cosmology
+    model: HaloModel
+    z_edges: np.ndarray  #: redshift edges of the fine cells
+    log10m_edges: np.ndarray  #: log10(M / M_sun) edges of the fine cells
+    chi_edges: np.ndarray  #: comoving distance of ``z_edges``, Mpc
+    mean_counts: np.ndarray  #: (n_z, n_m): :func:`expected_counts` on the full sky
+    radius: np.ndarray  #: (n_z, n_m): comoving r_Delta at the cell centres, Mpc
+    concentration: np.ndarray  #: (n_z, n_m): r_Delta / r_s at the cell centres
+    kernels: tuple[tuple[np.ndarray, np.ndarray], ...]  #: (chi, q) per bin, Mpc and 1/Mpc
+
+    @classmethod
+    def of(
+        cls, cosmo: ccl.Cosmology, model: HaloModel, z: np.ndarray, nz: np.ndarray
+    ) -> HaloLightcone:
+        """The light cone of ``cosmo`` for sources with redshift distributions ``nz`` (one row
+        per tomographic bin, on the grid ``z``)."""
+        z_edges, m_edges = model.cells()
+        z_mid = 0.5 * (z_edges[1:] + z_edges[:-1])
+        mass = 10.0 ** (0.5 * (m_edges[1:] + m_edges[:-1]))
+        radius = np.empty((len(z_mid), len(mass)))
+        concentration = np.empty_like(radius)
+        # CCL's concentrations take one scale factor per call.
+        for i, a in enumerate(1.0 / (1.0 + z_mid)):
+            radius[i] = model.mass_def.get_radius(cosmo, mass, a) / a  # physical -> comoving
+            concentration[i] = model.concentration(cosmo, mass, a)
+        return cls(
+            cosmo=cosmo,
+            model=model,
+            z_edges=z_edges,
+            log10m_edges=m_edges,
+            chi_edges=ccl.comoving_radial_distance(cosmo, 1.0 / (1.0 + z_edges)),
+            mean_counts=expected_counts(cosmo, model, z_edges, m_edges),
+            radius=radius,
+            concentration=concentration,
+            kernels=tuple(ccl.get_lensing_kernel(cosmo, dndz=(z, nz_bin)) for nz_bin in nz),
+        )
+
+    def sample(self, rng: np.random.Generator) -> HaloCatalogue:
+        """Poisson-sample the halos of the full sky out to ``model.z_max``.
+
+        Each fine cell holds a Poisson number with mean :attr:`mean_counts`; within it halos
+        are uniform in comoving volume and in log mass, and their directions are uniform on
+        the sphere.
+        """
+        counts = rng.poisson(self.mean_counts)
+        z_cell, mass_cell = np.nonzero(counts)
+        repeats = counts[z_cell, mass_cell]
+        z_cell, mass_cell = np.repeat(z_cell, repeats), np.repeat(mass_cell, repeats)
+        n = len(z_cell)
+        lo, hi = self.chi_edges[z_cell] ** 3, self.chi_edges[z_cell + 1] ** 3
+        chi = np.cbrt(lo + (hi - lo) * rng.random(n))
+        m_edges = self.log10m_edges
+        log10_mass = m_edges[mass_cell] + np.diff(m_edges)[mass_cell] * rng.random(n)
+        cos_theta = rng.uniform(-1.0, 1.0, n)
+        phi = rng.uniform(0.0, 2.0 * np.pi, n)
+        # distance to redshift by interpolation on the fine cell edges (chi is monotonic in z)
+        z = np.interp(chi, self.chi_edges, self.z_edges)
+        return HaloCatalogue(z, chi, log10_mass, cos_theta, phi, z_cell, mass_cell)
+
+    def paint(self, catalogue: HaloCatalogue, nside: int) -> np.ndarray:
+        """Convergence of the halos of a catalogue in each tomographic bin.
+
+        A halo of mass ``M`` at comoving distance ``chi`` adds to bin ``b`` the convergence
+        ``q_b(chi) Sigma(chi theta) / rho_m``, with ``q_b`` the bin's lensing kernel, ``Sigma``
+        the comoving surface density of its truncated NFW profile and ``rho_m`` the comoving
+        mean matter density. Its mass is spread over the pixels within its truncation radius
+        (up to ``model.max_rings`` rings of neighbours, by its angular size), in proportion to
+        the profile at each pixel's centre (at no less than a quarter pixel from the halo, the
+        pixel-averaged cusp), and renormalised so that every halo deposits exactly its mass
+        ``M_Delta``. A halo smaller than half a pixel puts all of it in its centre pixel. Its
+        ``r_Delta`` and concentration are those of its fine cell's centre.
+
+        Parameters
+        ----------
+        catalogue
+            Halos from :meth:`sample`.
+        nside
+            HEALPix resolution.
+
+        Returns
+        -------
+        ndarray, shape (n_bins, 12 nside^2), float64
+            Halo convergence in RING order (with its positive mean: see :meth:`convergence`).
+        """
+        npix = hp.nside2npix(nside)
+        maps = np.zeros((len(self.kernels), npix))
+        if len(catalogue) == 0:
+            return maps
+        pixel_area = hp.nside2pixarea(nside)
+        pixel_size = np.sqrt(pixel_area)
+        rho_m = ccl.rho_x(self.cosmo, 1.0, "matter")  # comoving mean density, M_sun / Mpc^3
+        mass = 10.0**catalogue.log10_mass
+        weight = np.stack([np.interp(catalogue.chi, chi, q, right=0.0) for chi, q in self.kernels])
+        amplitude = weight * mass / (rho_m * catalogue.chi**2 * pixel_area)  # (n_bins, n_halos)
+        cells = (catalogue.z_cell, catalogue.mass_cell)
+        radius, concentration = self.radius[cells], self.concentration[cells]
+        angular_radius = radius / catalogue.chi
+        depth = np.clip(np.rint(angular_radius / pixel_size), 0, self.model.max_rings).astype(int)
+        centre = hp.ang2pix(nside, np.arccos(catalogue.cos_theta), catalogue.phi)
+        for d in np.unique(depth):
+            halos = np.flatnonzero(depth == d)
+            if d == 0:
+                pixels, share = centre[halos, None], np.ones((len(halos), 1))
+            else:
+                pixels = _stencils(nside, centre[halos], int(d))
+                valid = pixels >= 0
+                vectors = np.stack(hp.pix2vec(nside, np.where(valid, pixels, 0)), axis=-1)
+                cosine = np.einsum("hpk,hk->hp", vectors, catalogue.directions(halos))
+                separation = np.arccos(np.clip(cosine, -1.0, 1.0))
+                scale_radius = angular_radius[halos, None] / concentration[halos, None]
+                x = np.maximum(separation, 0.25 * pixel_size) / scale_radius
+                share = truncated_nfw_projected(x, concentration[halos, None]) * valid
+                total = share.sum(axis=1)
+                # a halo whose profile misses every pixel centre keeps its mass in its centre
+                empty = total == 0
+                share /= np.where(empty, 1.0, total)[:, None]
+                centre_column = np.argmax(pixels == centre[halos, None], axis=1)
+                share[empty, centre_column[empty]] = 1.0
+                pixels = np.where(valid, pixels, 0)
+            for b in range(len(self.kernels)):
+                deposit = share * amplitude[b, halos, None]
+                maps[b] += np.bincount(pixels.ravel(), deposit.ravel(), minlength=npix)
         return maps
-    pixel_area = hp.nside2pixarea(nside)
-    pixel_size = np.sqrt(pixel_area)
-    rho_m = ccl.rho_x(cosmo, 1.0, "matter")  # comoving mean density, M_sun / Mpc^3
-    mass = 10.0**catalogue.log10_mass
-    weight = np.stack([np.interp(catalogue.chi, chi, q, right=0.0) for chi, q in kernels])
-    amplitude = weight * mass / (rho_m * catalogue.chi**2 * pixel_area)  # (n_bins, n_halos)
-    radius, concentration = halo_radii(cosmo, model, catalogue)
-    angular_radius = radius / catalogue.chi
-    depth = np.clip(np.rint(angular_radius / pixel_size), 0, model.max_rings).astype(int)
-    centre = hp.ang2pix(nside, np.arccos(catalogue.cos_theta), catalogue.phi)
-    for d in np.unique(depth):
-        halos = np.flatnonzero(depth == d)
-        if d == 0:
-            pixels, share = centre[halos, None], np.ones((len(halos), 1))
-        else:
-            pixels = _stencils(nside, centre[halos], int(d))
-            valid = pixels >= 0
-            vectors = np.stack(hp.pix2vec(nside, np.where(valid, pixels, 0)), axis=-1)
-            cosine = np.einsum("hpk,hk->hp", vectors, catalogue.directions(halos))
-            separation = np.arccos(np.clip(cosine, -1.0, 1.0))
-            scale_radius = angular_radius[halos, None] / concentration[halos, None]
-            x = np.maximum(separation, 0.25 * pixel_size) / scale_radius
-            share = truncated_nfw_projected(x, concentration[halos, None]) * valid
-            total = share.sum(axis=1)
-            # a halo whose profile misses every pixel centre keeps its mass in its centre pixel
-            empty = total == 0
-            share /= np.where(empty, 1.0, total)[:, None]
-            centre_column = np.argmax(pixels == centre[halos, None], axis=1)
-            share[empty, centre_column[empty]] = 1.0
-            pixels = np.where(valid, pixels, 0)
-        for b in range(len(kernels)):
-            deposit = share * amplitude[b, halos, None]
-            maps[b] += np.bincount(pixels.ravel(), deposit.ravel(), minlength=npix)
-    return maps
+
+    def convergence(self, nside: int, rng: np.random.Generator) -> tuple[np.ndarray, HaloCatalogue]:
+        """Sample and paint the halos of one realisation, without monopole.
+
+        The mass of the halos is part of the mean density, so each bin's mean is subtracted:
+        the map then adds only the halos' fluctuations to the zero-mean lognormal field.
+
+        Returns
+        -------
+        maps : ndarray, shape (n_bins, 12 nside^2), float64
+        catalogue : HaloCatalogue
+        """
+        catalogue = self.sample(rng)
+        maps = self.paint(catalogue, nside)
+        return maps - maps.mean(axis=1, keepdims=True), catalogue
 
 
 def halo_convergence(
@@ -348,20 +383,9 @@ def halo_convergence(
     nside: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, HaloCatalogue]:
-    """Sample and paint the halos of one realisation, without monopole.
-
-    The mass of the halos is part of the mean density, so each bin's mean is subtracted: the
-    map then adds only the halos' fluctuations to the zero-mean lognormal field.
-
-    Returns
-    -------
-    maps : ndarray, shape (n_bins, 12 nside^2), float64
-    catalogue : HaloCatalogue
-    """
-    catalogue = sample_halos(cosmo, model, rng)
-    kernels = [ccl.get_lensing_kernel(cosmo, dndz=(z, nz_bin)) for nz_bin in nz]
-    maps = paint_halos(cosmo, model, catalogue, kernels, nside)
-    return maps - maps.mean(axis=1, keepdims=True), catalogue
+    """The halo convergence of one realisation (:meth:`HaloLightcone.convergence`); for
+    several realisations of one cosmology, build its :class:`HaloLightcone` once."""
+    return HaloLightcone.of(cosmo, model, z, nz).convergence(nside, rng)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +423,7 @@ def one_halo_spectra(
 
     Limber integrals of :func:`one_halo_power` with each bin's lensing kernel cut at the
     halos' ``z_max``, beyond which none are painted: the power of the halos that
-    :func:`paint_halos` draws, before pixelisation (the test suite measures it on painted maps).
+    :meth:`HaloLightcone.paint` draws, before pixelisation (the test suite measures it on painted maps).
     """
     chi_max = ccl.comoving_radial_distance(cosmo, 1.0 / (1.0 + model.z_max))
     tracers = []

@@ -42,9 +42,9 @@ from cosmo_sop.config import with_defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.sources.cosmogrid.layout import METAINFO_NAME, cosmology_id, map_path
 from cosmo_sop.sources.mock.halos import (
+    HaloLightcone,
     HaloModel,
     field_spectra,
-    halo_convergence,
     halo_rng,
     one_halo_spectra,
 )
@@ -158,15 +158,17 @@ def simulate_cosmology(
     cosmo = ccl_cosmology(parameters)
     spectra = convergence_spectra(cosmo, z, nz, cfg["lmax"])
     shifts = lognormal_shifts(z, nz, parameters["Om"])
-    halos = HaloModel.from_config(cfg["halos"]) if cfg["halos"]["enabled"] else None
-    if halos is not None:
-        spectra = field_spectra(spectra, one_halo_spectra(cosmo, halos, z, nz, cfg["lmax"]))
+    halos = None
+    if cfg["halos"]["enabled"]:
+        model = HaloModel.from_config(cfg["halos"])
+        spectra = field_spectra(spectra, one_halo_spectra(cosmo, model, z, nz, cfg["lmax"]))
+        halos = HaloLightcone.of(cosmo, model, z, nz)
     gaussian = gaussian_spectra(spectra, shifts)
     for perm in perms:
         index = (seed, int(parameters["id_param"]), int(perm))
         maps = generate_maps(gaussian, shifts, cfg["nside"], map_rng(*index))
         if halos is not None:
-            kappa, _ = halo_convergence(cosmo, halos, z, nz, cfg["nside"], halo_rng(*index))
+            kappa, _ = halos.convergence(cfg["nside"], halo_rng(*index))
             maps += kappa.astype(np.float32)
         yield int(perm), maps
 
