@@ -17,7 +17,7 @@ ignores it).
 
 Public API: :class:`Interval`, :func:`resample_counts`, :func:`replicate_sums`,
 :func:`bootstrap_mean`, :func:`bootstrap_paired_difference`, :func:`bootstrap_ratio_of_means`,
-:func:`percentile_interval`.
+:func:`percentile_interval`, :func:`bootstrap_p_value`, :func:`benjamini_hochberg`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ class Interval:
         Distinct cosmologies resampled (those with at least one map).
     n_boot, confidence
         Replicates drawn and the two-sided level of the interval.
+    p_value
+        For a paired difference (:func:`bootstrap_paired_difference`): the two-sided bootstrap
+        p-value of a zero difference (:func:`bootstrap_p_value`), same shape; None otherwise.
     """
 
     estimate: np.ndarray
@@ -60,6 +63,7 @@ class Interval:
     n_cosmologies: int
     n_boot: int
     confidence: float
+    p_value: np.ndarray | None = None
 
     def excludes_zero(self) -> np.ndarray:
         """True where the whole interval lies on one side of zero (bool, statistic's shape)."""
@@ -145,11 +149,60 @@ def percentile_interval(
     return np.asarray(low), np.asarray(high)
 
 
+def bootstrap_p_value(replicates: np.ndarray) -> np.ndarray:
+    """Two-sided bootstrap p-value of a zero statistic, over axis 0 of its replicates.
+
+    ``p = min(1, 2 min(1 + #{r <= 0}, 1 + #{r >= 0}) / (B + 1))`` over the B finite replicates
+    (Davison & Hinkley 1997, ch. 4, doubled for two sides): p < 1 - confidence exactly where the
+    percentile interval of the same replicates excludes zero, up to the ``+ 1``, which keeps p
+    above zero with finitely many replicates. NaN where no replicate is finite.
+    """
+    replicates = np.asarray(replicates, dtype=np.float64)
+    finite = np.isfinite(replicates)
+    n = finite.sum(axis=0)
+    below = ((replicates <= 0) & finite).sum(axis=0)
+    above = ((replicates >= 0) & finite).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.minimum(1.0, 2.0 * (1.0 + np.minimum(below, above)) / (n + 1.0))
+    return np.where(n > 0, p, np.nan)
+
+
+def benjamini_hochberg(p_values: Any) -> np.ndarray:
+    """p-values adjusted for the false discovery rate over all finite entries (any shape),
+    by :func:`scipy.stats.false_discovery_control` (Benjamini & Hochberg 1995); NaN stays NaN.
+    An entry is significant at level alpha where its adjusted p-value is below alpha."""
+    from scipy.stats import false_discovery_control
+
+    p_values = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p_values.shape, np.nan)
+    finite = np.isfinite(p_values)
+    if finite.any():
+        adjusted[finite] = false_discovery_control(p_values[finite], method="bh")
+    return adjusted
+
+
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(
             denominator != 0, numerator / np.where(denominator != 0, denominator, 1), np.nan
         )
+
+
+def _mean_replicates(
+    values: np.ndarray, cosmologies: Any, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The replicates of the mean over maps, the estimate, the finite maps per column and the
+    number of cosmologies."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values).astype(np.float64)
+    values = np.where(finite > 0, values, np.nan)
+    counts = resample_counts(cosmologies, n_boot, seed)
+    replicates = _ratio(
+        replicate_sums(values, cosmologies, counts), replicate_sums(finite, cosmologies, counts)
+    )
+    n_maps = finite.sum(axis=0)
+    estimate = _ratio(np.nansum(values, axis=0), n_maps)
+    return replicates, np.asarray(estimate), n_maps.astype(np.int64), counts.shape[1]
 
 
 def _mean_interval(
@@ -158,26 +211,22 @@ def _mean_interval(
     n_boot: int,
     seed: int,
     confidence: float,
+    with_p_value: bool = False,
 ) -> Interval:
     n_boot, confidence = _check(n_boot, confidence)
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values).astype(np.float64)
-    values = np.where(finite > 0, values, np.nan)
-    counts = resample_counts(cosmologies, n_boot, seed)
-    replicates = _ratio(
-        replicate_sums(values, cosmologies, counts), replicate_sums(finite, cosmologies, counts)
+    replicates, estimate, n_maps, n_cosmologies = _mean_replicates(
+        values, cosmologies, n_boot, seed
     )
     low, high = percentile_interval(replicates, confidence)
-    n_maps = finite.sum(axis=0)
-    estimate = _ratio(np.nansum(values, axis=0), n_maps)
     return Interval(
-        estimate=np.asarray(estimate),
+        estimate=estimate,
         low=low,
         high=high,
-        n_maps=np.asarray(n_maps.astype(np.int64)),
-        n_cosmologies=counts.shape[1],
+        n_maps=np.asarray(n_maps),
+        n_cosmologies=n_cosmologies,
         n_boot=n_boot,
         confidence=confidence,
+        p_value=bootstrap_p_value(replicates) if with_p_value else None,
     )
 
 
@@ -210,7 +259,8 @@ def bootstrap_paired_difference(
     seed: int,
     confidence: float = CONFIDENCE,
 ) -> Interval:
-    """Mean over maps of ``a - b`` (paired: row i of both is the same map), with its interval.
+    """Mean over maps of ``a - b`` (paired: row i of both is the same map), with its interval
+    and the two-sided bootstrap p-value of a zero difference (``p_value``).
 
     A map where either value is NaN is left out of the difference. The resamples are those of
     :func:`bootstrap_mean` with the same labels and seed, so the interval of a difference and
@@ -220,7 +270,7 @@ def bootstrap_paired_difference(
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise InputError("paired difference", f"shapes differ: {a.shape} vs {b.shape}")
-    return _mean_interval(a - b, cosmologies, n_boot, seed, confidence)
+    return _mean_interval(a - b, cosmologies, n_boot, seed, confidence, with_p_value=True)
 
 
 def bootstrap_ratio_of_means(

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from fixtures.models import tiny_backbone
 from torch import nn
 
@@ -458,3 +459,41 @@ def test_faithfulness_metrics_equals_separate_calls_in_fewer_model_calls():
     om = insertion_deletion(model, x, importance[:, 0], 0, progress=False)
     np.testing.assert_array_equal(together["Om"]["Ins"].curve, om.insertion.curve)
     assert together["Om"]["MSE top-20%"].mse == 0.0
+
+
+def test_the_summary_calls_significant_only_after_benjamini_hochberg():
+    """SOP against one method on 40 metrics of 60 maps (20 cosmologies): one metric with a
+    planted difference, 39 without. Unadjusted, some of the 39 fall below p = 0.05; after the
+    Benjamini-Hochberg adjustment over the table none does, and the planted one still does
+    (4000 replicates: the smallest p-value, 2 / 4001, times 40 comparisons is below 0.05); the
+    CSV's ``significant`` is the adjusted p-value below 0.05."""
+    from cosmo_sop.faithfulness.summary import Entry, summarise, summary_rows
+
+    rng = np.random.default_rng(13)
+    n_metrics, cosmologies = 40, np.repeat(np.arange(20), 3)
+    scores = (
+        rng.normal(size=(60, 2, n_metrics, 1)) + rng.normal(size=(20, 1, n_metrics, 1))[cosmologies]
+    )
+    scores[:, 0, 0] = scores[:, 1, 0] + 0.5 + 0.1 * rng.normal(size=(60, 1))  # planted
+    entries = [Entry("sop", "token", "backbone"), Entry("saliency", "pixel", "backbone")]
+    summary = summarise(scores, entries, cosmologies, 4000, seed=0)
+    raw, adjusted = summary["diff_p"][1, :, 0], summary["diff_p_adjusted"][1, :, 0]
+    assert np.isnan(summary["diff_p"][0]).all()  # SOP against itself: no comparison
+    assert raw[0] < 0.01 and adjusted[0] < 0.05
+    assert (raw[1:] < 0.05).sum() >= 1 and not (adjusted[1:] < 0.05).any()
+    dims = ("entry", "metric", "output")
+    table = xr.Dataset(
+        {k: (dims, v) for k, v in summary.items() if k != "n_cosmologies"},
+        coords={
+            "entry": [e.key for e in entries],
+            "method": ("entry", [e.method for e in entries]),
+            "resolution": ("entry", [e.resolution for e in entries]),
+            "scorer": ("entry", [e.scorer for e in entries]),
+            "metric": [f"m{i}" for i in range(n_metrics)],
+            "better": ("metric", ["lower"] * n_metrics),
+            "output": ["Om"],
+        },
+        attrs={"n_cosmologies": 20},
+    )
+    flagged = [row[4] for row in summary_rows(table) if row[-1] == "true"]
+    assert flagged == ["m0"]

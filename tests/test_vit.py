@@ -167,6 +167,7 @@ def test_the_report_says_which_models_score_the_faithfulness(tmp_path):
     row = {"method": "sop", "resolution": "token", "scorer": "backbone", "output": "Om"}
     row |= {"metric": "Ins", "better": "lower", "mean": 0.3, "ci_low": 0.2, "ci_high": 0.4}
     row |= {"sop_minus": "nan", "diff_ci_low": "nan", "diff_ci_high": "nan"}
+    row |= {"diff_p_adjusted": "nan", "significant": "false"}
     lines = [",".join(FAITHFULNESS_COLUMNS), ",".join(str(row[c]) for c in FAITHFULNESS_COLUMNS)]
     path = science / layout.FAITHFULNESS_CSV
     path.write_text("\n".join(lines) + "\n")

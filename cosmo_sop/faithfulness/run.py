@@ -22,13 +22,15 @@ definition for all). Pixels are set to 0 (kappa's mean). Outputs in the science 
 - ``faithfulness.zarr``: ``score`` (sample, entry, metric, output), the per-map scores, with the
   ``cosmology`` and ``store_index`` of every sample; the summary (entry, metric, output):
   ``mean``, ``ci_low``, ``ci_high``, ``n_maps``, ``sop_minus`` (paired difference SOP − entry)
-  with ``diff_ci_low`` / ``diff_ci_high``, from a bootstrap over cosmologies
+  with ``diff_ci_low`` / ``diff_ci_high``, its p-value ``diff_p`` and ``diff_p_adjusted``
+  (Benjamini–Hochberg over the table), from a bootstrap over cosmologies
   (:mod:`cosmo_sop.statistics`); coordinates ``method``, ``resolution``, ``scorer`` (entry) and
-  ``better`` (metric). Attributes: ``n_maps``, ``n_cosmologies``, ``n_boot``, ``seed``,
-  ``keep_fraction``, ``ranking``, ``token_reduce``, ``sparsity_mass``, ``skipped``,
+  ``better`` (metric). Attributes: ``n_maps``, ``n_cosmologies``, ``multiplicity``, ``n_boot``,
+  ``seed``, ``keep_fraction``, ``ranking``, ``token_reduce``, ``sparsity_mass``, ``skipped``,
   ``method_options``, ``noise_level``, ``explanations_store``, ``backbone_dir``;
 - ``faithfulness.csv``: the summary, one row per entry, output and metric
-  (:func:`~cosmo_sop.faithfulness.summary.write_summary_csv`);
+  (:func:`~cosmo_sop.faithfulness.summary.write_summary_csv`), ``significant`` where the
+  adjusted p-value is below 0.05;
 - ``purity.csv``: mean purity per method and output with intervals (cosmologies resampled);
 - ``faithfulness_curves.png`` / ``.pdf``: the curves of the backbone-scored entries (optional).
 """

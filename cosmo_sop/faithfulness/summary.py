@@ -7,7 +7,10 @@ X-Gradient scored on the X-DNN it explains). Every entry has one score per map, 
 output (:func:`per_map_scores`); :func:`summarise` gives the mean with its 95 % interval from a
 bootstrap over cosmologies (:mod:`cosmo_sop.statistics`) and the paired difference SOP − entry
 on the same maps and the same resamples of cosmologies, SOP scored on the same model (SOP on
-SOP for an entry scored on its own model).
+SOP for an entry scored on its own model). A table compares SOP with every method on every
+metric and output, a hundred comparisons and more: a difference is called significant only
+where its bootstrap p-value, adjusted by Benjamini–Hochberg over all of the table's
+differences, is below :data:`ALPHA`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ import numpy as np
 import xarray as xr
 
 from cosmo_sop.faithfulness.results import BETTER, Curve, KeptFeatures
-from cosmo_sop.statistics import bootstrap_mean, bootstrap_paired_difference
+from cosmo_sop.statistics import (
+    CONFIDENCE,
+    benjamini_hochberg,
+    bootstrap_mean,
+    bootstrap_paired_difference,
+)
 from cosmo_sop.storage import write_csv
 
 SOP = "sop"
@@ -30,6 +38,12 @@ SOP = "sop"
 BACKBONE, SOP_MODEL, XDNN = "backbone", "sop", "xdnn"
 #: Resolutions of a ranking: the method's own pixels, or SOP's tokens (cells or segments).
 PIXEL, TOKEN = "pixel", "token"
+#: The false discovery rate at which a difference SOP − entry is significant.
+ALPHA = 1.0 - CONFIDENCE
+#: How the table's p-values are adjusted for its many comparisons (report and CSV say so).
+MULTIPLICITY = "Benjamini-Hochberg"
+#: The columns of a paired difference SOP − entry, in the order of the summary CSV.
+DIFFERENCE_COLUMNS = ("sop_minus", "diff_ci_low", "diff_ci_high", "diff_p", "diff_p_adjusted")
 #: Columns of the summary CSV (:func:`write_summary_csv`).
 SUMMARY_COLUMNS = (
     "method",
@@ -43,9 +57,7 @@ SUMMARY_COLUMNS = (
     "ci_high",
     "n_maps",
     "n_cosmologies",
-    "sop_minus",
-    "diff_ci_low",
-    "diff_ci_high",
+    *DIFFERENCE_COLUMNS,
     "significant",
 )
 
@@ -109,12 +121,14 @@ def summarise(
     """Means, intervals and paired differences SOP − entry, each (entry, metric, output).
 
     Returns ``mean``, ``ci_low``, ``ci_high``, ``n_maps``, ``sop_minus``, ``diff_ci_low``,
-    ``diff_ci_high`` and the scalar ``n_cosmologies``; differences are NaN for SOP's own
-    entries and where the reference SOP entry was not scored.
+    ``diff_ci_high``, ``diff_p`` (two-sided bootstrap p-value of a zero difference),
+    ``diff_p_adjusted`` (Benjamini–Hochberg over every difference of the table) and the scalar
+    ``n_cosmologies``; differences are NaN for SOP's own entries and where the reference SOP
+    entry was not scored.
     """
     means = bootstrap_mean(scores, cosmologies, n_boot, seed)
     keys = [e.key for e in entries]
-    diff = np.full((3, *scores.shape[1:]), np.nan)
+    diff = np.full((4, *scores.shape[1:]), np.nan)
     for e, entry in enumerate(entries):
         ref = entry.reference().key
         if entry.method == SOP or ref not in keys:
@@ -122,7 +136,7 @@ def summarise(
         paired = bootstrap_paired_difference(
             scores[:, keys.index(ref)], scores[:, e], cosmologies, n_boot, seed
         )
-        diff[:, e] = (paired.estimate, paired.low, paired.high)
+        diff[:, e] = (paired.estimate, paired.low, paired.high, paired.p_value)
     return {
         "mean": means.estimate,
         "ci_low": means.low,
@@ -131,6 +145,8 @@ def summarise(
         "sop_minus": diff[0],
         "diff_ci_low": diff[1],
         "diff_ci_high": diff[2],
+        "diff_p": diff[3],
+        "diff_p_adjusted": benjamini_hochberg(diff[3]),
         "n_cosmologies": np.asarray(means.n_cosmologies),
     }
 
@@ -146,8 +162,8 @@ def summary_rows(table: xr.Dataset) -> list[list[Any]]:
             for metric in table["metric"].values:
                 cell = entry.sel(output=output, metric=metric)
                 values = [float(cell[k]) for k in ("mean", "ci_low", "ci_high")]
-                diffs = [float(cell[k]) for k in ("sop_minus", "diff_ci_low", "diff_ci_high")]
-                significant = bool(np.isfinite(diffs[1]) and (diffs[1] > 0 or diffs[2] < 0))
+                diffs = [float(cell[k]) for k in DIFFERENCE_COLUMNS]
+                significant = bool(diffs[-1] < ALPHA)  # False for NaN
                 rows.append(
                     [
                         str(entry["method"].values),
@@ -227,5 +243,5 @@ def scores_dataset(
             "cosmology": ("sample", np.asarray(cosmologies).astype(str)),
             "store_index": ("sample", np.asarray(store_index)),
         },
-        attrs={"n_cosmologies": int(summary["n_cosmologies"])},
+        attrs={"n_cosmologies": int(summary["n_cosmologies"]), "multiplicity": MULTIPLICITY},
     )

@@ -34,6 +34,7 @@ from cosmo_sop.report.tables import (
     faithfulness_tables,
     figure,
     flatten,
+    is_number,
     number,
     table,
 )
@@ -162,9 +163,13 @@ def _faithfulness_maps(results: Path, level: str) -> str:
             text += f" from {number(attrs['n_cosmologies'])} cosmologies"
         text += "."
         if attrs.get("n_boot") is not None:
+            n_boot = int(attrs["n_boot"])
             text += (
                 f" Intervals: 95 % percentile bootstrap over whole cosmologies "
-                f"({number(attrs['n_boot'])} resamples; the maps of one cosmology are correlated)."
+                f"({number(n_boot)} resamples; the maps of one cosmology are correlated); no "
+                f"p-value of so many resamples is below 2 / {number(n_boot + 1)} = "
+                f"{number(2 / (n_boot + 1))}, so a lone difference among m comparisons is "
+                "significant only if m times that is below 0.05 (evaluation.n_boot)."
             )
         try:
             skipped = json.loads(attrs.get("skipped") or "{}")
@@ -182,22 +187,32 @@ def _faithfulness_maps(results: Path, level: str) -> str:
 
 def faithfulness(results: Path, level: str) -> dict[str, Any]:
     """(b): per output, every entry's mean [95 % CI] and the paired differences SOP − entry
-    (bold where the interval excludes zero); the curves."""
+    (bold where significant after the correction for the table's many comparisons, which it
+    counts); the curves."""
     science = layout.science_dir(results, level)
     path = science / layout.FAITHFULNESS_CSV
     content = read_csv(path)
-    tables, own_model = None, False
+    tables, own_model, comparisons, significant = None, False, 0, 0
     if content is not None:
         header, rows = content
         missing = [c for c in FAITHFULNESS_COLUMNS if c not in header]
         if missing:
-            raise InputError(path, f"lacks the columns {missing}")
+            raise InputError(
+                path,
+                f"lacks the columns {missing} (written before they existed: rerun the step, "
+                "snakemake --forcerun faithfulness)",
+            )
         outputs = dict.fromkeys(row[header.index("output")] for row in rows)
         tables = [{"name": o, **faithfulness_tables(header, rows, o)} for o in outputs]
         # Scored on its own model too (evaluation.own_model), or on the backbone only.
         own_model = any(row[header.index("scorer")] != "backbone" for row in rows)
+        adjusted = [row[header.index("diff_p_adjusted")] for row in rows]
+        comparisons = sum(is_number(p) and not math.isnan(float(p)) for p in adjusted)
+        significant = sum(row[header.index("significant")] == "true" for row in rows)
     return {
         "own_model": own_model,
+        "comparisons": comparisons,
+        "significant": significant,
         "file": shown(path, layout.level_dir(results, level)),
         "maps": _faithfulness_maps(results, level) if content is not None else None,
         "meaning": METRIC_MEANING,

@@ -131,6 +131,8 @@ FAITHFULNESS_COLUMNS = (
     "sop_minus",
     "diff_ci_low",
     "diff_ci_high",
+    "diff_p_adjusted",
+    "significant",
 )
 #: How the report names the methods, resolutions and scoring models of the summary.
 METHOD_NAMES = {
@@ -165,7 +167,8 @@ def faithfulness_tables(
     header: Sequence[str], rows: Sequence[Sequence[str]], output: str
 ) -> dict[str, Any]:
     """Two tables of one output: each entry's mean [95 % CI] per metric, and the paired
-    difference SOP − entry [95 % CI], bold only where the interval excludes zero."""
+    difference SOP − entry [95 % CI], bold only where the summary calls it significant (its
+    p-value adjusted over the whole table below 0.05)."""
     index = {name: header.index(name) for name in FAITHFULNESS_COLUMNS}
     mine = [r for r in rows if r[index["output"]] == output]
     metrics = list(dict.fromkeys(r[index["metric"]] for r in mine))
@@ -199,10 +202,8 @@ def faithfulness_tables(
                 else tuple(r[index[k]] for k in ("sop_minus", "diff_ci_low", "diff_ci_high"))
             )
             row.append(with_interval(*triple))
-            if all(is_number(v) for v in triple[1:]):
-                low, high = float(triple[1]), float(triple[2])
-                if low > 0 or high < 0:
-                    marked.add(j)
+            if r is not None and r[index["significant"]] == "true":
+                marked.add(j)
         diffs.append(row)
         bold.append(marked)
     head = [f"{m} ({better[m]} is better)" for m in metrics]
