@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from fixtures.models import tiny_backbone
 from torch import nn
 
@@ -467,7 +466,7 @@ def test_the_summary_calls_significant_only_after_benjamini_hochberg():
     Benjamini-Hochberg adjustment over the table none does, and the planted one still does
     (4000 replicates: the smallest p-value, 2 / 4001, times 40 comparisons is below 0.05); the
     CSV's ``significant`` is the adjusted p-value below 0.05."""
-    from cosmo_sop.faithfulness.summary import Entry, summarise, summary_rows
+    from cosmo_sop.faithfulness.summary import Entry, summarise, summary_dataset, summary_rows
 
     rng = np.random.default_rng(13)
     n_metrics, cosmologies = 40, np.repeat(np.arange(20), 3)
@@ -481,19 +480,6 @@ def test_the_summary_calls_significant_only_after_benjamini_hochberg():
     assert np.isnan(summary["diff_p"][0]).all()  # SOP against itself: no comparison
     assert raw[0] < 0.01 and adjusted[0] < 0.05
     assert (raw[1:] < 0.05).sum() >= 1 and not (adjusted[1:] < 0.05).any()
-    dims = ("entry", "metric", "output")
-    table = xr.Dataset(
-        {k: (dims, v) for k, v in summary.items() if k != "n_cosmologies"},
-        coords={
-            "entry": [e.key for e in entries],
-            "method": ("entry", [e.method for e in entries]),
-            "resolution": ("entry", [e.resolution for e in entries]),
-            "scorer": ("entry", [e.scorer for e in entries]),
-            "metric": [f"m{i}" for i in range(n_metrics)],
-            "better": ("metric", ["lower"] * n_metrics),
-            "output": ["Om"],
-        },
-        attrs={"n_cosmologies": 20},
-    )
+    table = summary_dataset(summary, entries, [f"m{i}" for i in range(n_metrics)], ["Om"])
     flagged = [row[4] for row in summary_rows(table) if row[-1] == "true"]
     assert flagged == ["m0"]

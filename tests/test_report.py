@@ -18,7 +18,7 @@ from markupsafe import escape
 from matplotlib.figure import Figure
 
 from cosmo_sop.errors import InputError
-from cosmo_sop.faithfulness.summary import Entry, summarise, write_summary_csv
+from cosmo_sop.faithfulness.summary import Entry, summarise, summary_dataset, write_summary_csv
 from cosmo_sop.figures.predictions import (
     plot_mse_per_level,
     plot_predicted_vs_true,
@@ -241,20 +241,8 @@ def _write_faithfulness(science: Path) -> None:
     scores[:, 1, 2] = [[0.4, 0.4], [0.6, 0.6], [0.4, 0.4], [0.6, 0.6]]
     cosmologies = np.array(["a", "b", "a", "b"])
     summary = summarise(scores, entries, cosmologies, 400, 0)
-    dims = ("entry", "metric", "output")
-    table = xr.Dataset(
-        {k: (dims, v) for k, v in summary.items() if k != "n_cosmologies"},
-        coords={
-            "entry": [e.key for e in entries],
-            "method": ("entry", [e.method for e in entries]),
-            "resolution": ("entry", [e.resolution for e in entries]),
-            "scorer": ("entry", [e.scorer for e in entries]),
-            "metric": metrics,
-            "better": ("metric", ["lower", "lower", "higher"]),
-            "output": outputs,
-        },
-        attrs={"n_cosmologies": 2, "n_maps": 4, "n_boot": 400, "skipped": "{}"},
-    )
+    table = summary_dataset(summary, entries, metrics, outputs)
+    table.attrs |= {"n_maps": 4, "n_boot": 400, "skipped": "{}"}
     write_summary_csv(table, science / "faithfulness.csv")
     write_zarr(table, science / "faithfulness.zarr")
 

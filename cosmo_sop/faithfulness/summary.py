@@ -42,6 +42,8 @@ PIXEL, TOKEN = "pixel", "token"
 ALPHA = 1.0 - CONFIDENCE
 #: How the table's p-values are adjusted for its many comparisons (report and CSV say so).
 MULTIPLICITY = "Benjamini-Hochberg"
+#: The dimensions of the summary's variables.
+SUMMARY_DIMS = ("entry", "metric", "output")
 #: The columns of a paired difference SOP − entry, in the order of the summary CSV.
 DIFFERENCE_COLUMNS = ("sop_minus", "diff_ci_low", "diff_ci_high", "diff_p", "diff_p_adjusted")
 #: Columns of the summary CSV (:func:`write_summary_csv`).
@@ -227,11 +229,23 @@ def scores_dataset(
     entries = list(results)
     scores = per_map_scores(results, metrics, outputs, len(cosmologies))
     summary = summarise(scores, entries, cosmologies, n_boot, seed)
-    dims = ("entry", "metric", "output")
-    data = {k: (dims, v) for k, v in summary.items() if k != "n_cosmologies"}
-    data["score"] = (("sample", *dims), scores)
+    table = summary_dataset(summary, entries, metrics, outputs)
+    return table.assign(score=(("sample", *SUMMARY_DIMS), scores)).assign_coords(
+        cosmology=("sample", np.asarray(cosmologies).astype(str)),
+        store_index=("sample", np.asarray(store_index)),
+    )
+
+
+def summary_dataset(
+    summary: Mapping[str, np.ndarray],
+    entries: Sequence[Entry],
+    metrics: Sequence[str],
+    outputs: Sequence[str],
+) -> xr.Dataset:
+    """The summary of :func:`summarise` as a Dataset (entry, metric, output), with the entries'
+    method, resolution and scorer and each metric's better direction."""
     return xr.Dataset(
-        data,
+        {k: (SUMMARY_DIMS, v) for k, v in summary.items() if k != "n_cosmologies"},
         coords={
             "entry": [e.key for e in entries],
             "method": ("entry", [e.method for e in entries]),
@@ -240,8 +254,6 @@ def scores_dataset(
             "metric": list(metrics),
             "better": ("metric", [better_of(m) for m in metrics]),
             "output": list(outputs),
-            "cosmology": ("sample", np.asarray(cosmologies).astype(str)),
-            "store_index": ("sample", np.asarray(store_index)),
         },
         attrs={"n_cosmologies": int(summary["n_cosmologies"]), "multiplicity": MULTIPLICITY},
     )

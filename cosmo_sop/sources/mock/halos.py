@@ -423,7 +423,8 @@ def one_halo_spectra(
 
     Limber integrals of :func:`one_halo_power` with each bin's lensing kernel cut at the
     halos' ``z_max``, beyond which none are painted: the power of the halos that
-    :meth:`HaloLightcone.paint` draws, before pixelisation (the test suite measures it on painted maps).
+    :meth:`HaloLightcone.paint` draws, before pixelisation (the test suite measures it on
+    painted maps).
     """
     chi_max = ccl.comoving_radial_distance(cosmo, 1.0 / (1.0 + model.z_max))
     tracers = []
