@@ -508,3 +508,27 @@ def test_a_zero_width_interval_is_never_a_verdict():
 
     assert _outcome(2, 0.568, 0.568, 0.568, "s8", ["Om", "s8"]) == "inconclusive"
     assert _outcome(40, 0.568, 0.5, 0.6, "s8", ["Om", "s8"]) == "agrees"
+
+
+def test_a_verdict_records_its_contributing_cosmologies_and_dropped_resamples():
+    """Voids only in the maps of 3 of 6 cosmologies: the void class rests on 3 cosmologies, and
+    the resamples that draw none of them (undefined ratio) are left out of its interval; the
+    record and the report's sentence say both. The share equals the resamples' own count."""
+    from cosmo_sop.report.verdicts import verdict_sentence
+    from cosmo_sop.statistics import resample_counts
+
+    scores, member = weighted_case(0.6, 0.3, n=24)
+    blocks = np.arange(24) // 4  # 6 cosmologies of 4 maps
+    void = member.sel(definition="void_paper").values
+    member.loc[{"definition": "void_paper"}] = void & (blocks < 3)[:, None]
+    table = weight_table(scores, member, n_boot=2000, seed=3, blocks=blocks)
+    record = verdict(table, "void_paper")
+    assert record["n_contributing"] == 3 and record["n_groups"] == 12
+    counts = resample_counts(blocks, 2000, 3)  # the weight table's resamples: same labels, seed
+    expected = np.mean(counts[:, :3].sum(axis=1) == 0)
+    assert 0 < expected < 0.05
+    assert record["dropped_replicates"] == pytest.approx(expected)
+    assert verdict(table, "cluster_paper")["dropped_replicates"] == 0.0  # clusters everywhere
+    settings = {"outputs": ["Om", "s8"], "confidence": 0.95, "n_maps": 24, "n_blocks": 6}
+    sentence = verdict_sentence(record, {**settings, "bootstrap_blocks": "cosmology"})
+    assert f"12 groups in 3 cosmologies, {100 * expected:.2g} % of resamples" in sentence

@@ -29,10 +29,12 @@ WEIGHTS_COLUMNS = (
     "ci_low",
     "ci_high",
     "n_groups",
+    "n_contributing",
     "mean_weight_all",
     "ratio_Om_s8",
     "ratio_low",
     "ratio_high",
+    "dropped_replicates",
 )
 
 
@@ -95,11 +97,16 @@ def purity_content(
 
 
 def write_weights_csv(table: xr.Dataset, path: Path) -> Path:
-    """One row per definition and output: the class's mean weight, interval, count, and ratio."""
+    """One row per definition and output: the class's mean weight, interval, count of groups
+    and of the blocks (cosmologies) holding them, and the ratio with its interval and the share
+    of bootstrap replicates without the class."""
     rows = []
     for definition in table["definition"].values:
         row = table.sel(definition=definition)
-        ratio = [f"{float(row[k]):.6g}" for k in ("ratio", "ratio_low", "ratio_high")]
+        ratio = [
+            f"{float(row[k]):.6g}"
+            for k in ("ratio", "ratio_low", "ratio_high", "dropped_replicates")
+        ]
         for output in table["output"].values:
             cell = row.sel(output=output)
             rows.append(
@@ -110,6 +117,7 @@ def write_weights_csv(table: xr.Dataset, path: Path) -> Path:
                     output,
                     *(f"{float(cell[k]):.6g}" for k in ("mean_weight", "ci_low", "ci_high")),
                     int(cell["n_groups"]),
+                    int(cell["n_contributing"]),
                     f"{float(table['mean_weight_all'].sel(output=output)):.6g}",
                     *ratio,
                 ]
@@ -131,11 +139,13 @@ def weights_json(table: xr.Dataset) -> dict[str, Any]:
                 "ci_low": finite_or_none(cell["ci_low"]),
                 "ci_high": finite_or_none(cell["ci_high"]),
                 "n_groups": int(cell["n_groups"]),
+                "n_contributing": int(cell["n_contributing"]),
             }
         entry["ratio"] = {
             "value": finite_or_none(row["ratio"]),
             "ci_low": finite_or_none(row["ratio_low"]),
             "ci_high": finite_or_none(row["ratio_high"]),
+            "dropped_replicates": finite_or_none(row["dropped_replicates"]),
         }
         out[str(definition)] = entry
     out["all_groups"] = {

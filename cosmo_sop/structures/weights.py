@@ -99,7 +99,9 @@ def _bootstrap_intervals(
     blocks: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
     """Percentile intervals of the class means (D, O) and of their ratio outputs[0]/outputs[1]
-    (D,), from one set of bootstrap replicates of the per-map sums."""
+    (D,), from one set of bootstrap replicates of the per-map sums; ``dropped`` (D,): the
+    share of replicates whose ratio is undefined (they drew no group of the class), which the
+    percentiles leave out."""
     per_map = np.stack([weight_sum, group_count], axis=-1)  # (N, D, O, 2)
     replicates = bootstrap_sums(per_map, n_boot, seed, blocks)
     boot_mean = _mean(replicates[..., 0], replicates[..., 1])  # (B, D, O)
@@ -107,7 +109,22 @@ def _bootstrap_intervals(
         boot_ratio = boot_mean[..., 0] / boot_mean[..., 1]
     lo, hi = interval(boot_mean, confidence)
     ratio_lo, ratio_hi = interval(boot_ratio, confidence)
-    return {"ci_low": lo, "ci_high": hi, "ratio_low": ratio_lo, "ratio_high": ratio_hi}
+    return {
+        "ci_low": lo,
+        "ci_high": hi,
+        "ratio_low": ratio_lo,
+        "ratio_high": ratio_hi,
+        "dropped": np.isnan(boot_ratio).mean(axis=0),
+    }
+
+
+def _contributing_blocks(group_count: np.ndarray, blocks: np.ndarray | None) -> np.ndarray:
+    """How many resampling blocks (cosmologies) hold at least one group of each class and
+    output (D, O): the units a class's interval really rests on."""
+    codes = block_codes(blocks, group_count.shape[0])
+    per_block = np.zeros((codes.max() + 1, *group_count.shape[1:]))
+    np.add.at(per_block, codes, group_count)
+    return (per_block > 0).sum(axis=0).astype(np.int64)
 
 
 def weight_table(
@@ -147,10 +164,13 @@ def weight_table(
     Returns
     -------
     xarray.Dataset
-        Dims (definition, output): ``mean_weight``, ``ci_low``, ``ci_high``, ``n_groups``;
+        Dims (definition, output): ``mean_weight``, ``ci_low``, ``ci_high``, ``n_groups``,
+        ``n_contributing`` (blocks, i.e. cosmologies by default, holding a group of the class);
         (definition): ``ratio`` (mean weight for outputs[0] / for outputs[1]), ``ratio_low``,
-        ``ratio_high``; (output): ``mean_weight_all`` (all valid groups, the reference). Means
-        are ratios of sums over maps (each group counts once); NaN for a class without groups.
+        ``ratio_high``, ``dropped_replicates`` (share of replicates without a group of the
+        class, left out of the interval); (output): ``mean_weight_all`` (all valid groups, the
+        reference). Means are ratios of sums over maps (each group counts once); NaN for a
+        class without groups.
         Attrs: n_maps, n_blocks, n_boot, seed, confidence, nonzero_only.
     """
     nonzero_only = defaults("structures.nonzero_only") if nonzero_only is None else nonzero_only
@@ -177,9 +197,11 @@ def weight_table(
             "ci_low": (by_class, ci["ci_low"]),
             "ci_high": (by_class, ci["ci_high"]),
             "n_groups": (by_class, group_count.sum(0).astype(np.int64)),
+            "n_contributing": (by_class, _contributing_blocks(group_count, blocks)),
             "ratio": (by_definition, ratio),
             "ratio_low": (by_definition, ci["ratio_low"]),
             "ratio_high": (by_definition, ci["ratio_high"]),
+            "dropped_replicates": (by_definition, ci["dropped"]),
             "mean_weight_all": (("output",), mean_all),
         },
         coords=coords,
@@ -289,7 +311,10 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
     -------
     dict
         ``definition``; ``kind`` and ``rule`` (None if the table does not record them);
-        ``n_groups`` (the class's groups, the fewer of the two outputs'); ``ratio``, ``ci_low``,
+        ``n_groups`` (the class's groups, the fewer of the two outputs'); ``n_contributing``
+        (the blocks, cosmologies by default, that hold them, the fewer of the two outputs');
+        ``dropped_replicates`` (the share of bootstrap replicates without a group of the class,
+        left out of the interval; None for a table without it); ``ratio``, ``ci_low``,
         ``ci_high`` (the weight ratio outputs[0] / outputs[1] and its interval, dimensionless;
         None where not finite); ``outcome``, checked in this order: ``"no_groups"`` (empty
         class), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1,
@@ -312,6 +337,8 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
     kind = str(row["kind"].values) if "kind" in row.coords else None
     rule = str(row["rule"].values) if "rule" in row.coords else None
     n_groups = int(row["n_groups"].values.min())
+    n_contributing = int(row["n_contributing"].values.min()) if "n_contributing" in row else None
+    dropped = finite_or_none(row["dropped_replicates"]) if "dropped_replicates" in row else None
     ratio, low, high = (float(row[k]) for k in ("ratio", "ratio_low", "ratio_high"))
     heavier = PAPER_FINDINGS[kind]["heavier"] if kind in PAPER_FINDINGS else None
     outputs = [str(o) for o in table["output"].values]
@@ -321,6 +348,8 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
         "kind": kind,
         "rule": rule,
         "n_groups": n_groups,
+        "n_contributing": n_contributing,
+        "dropped_replicates": dropped,
         "ratio": finite_or_none(ratio),
         "ci_low": finite_or_none(low),
         "ci_high": finite_or_none(high),
