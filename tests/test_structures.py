@@ -532,3 +532,34 @@ def test_a_verdict_records_its_contributing_cosmologies_and_dropped_resamples():
     settings = {"outputs": ["Om", "s8"], "confidence": 0.95, "n_maps": 24, "n_blocks": 6}
     sentence = verdict_sentence(record, {**settings, "bootstrap_blocks": "cosmology"})
     assert f"12 groups in 3 cosmologies, {100 * expected:.2g} % of resamples" in sentence
+
+
+def test_score_evenness_and_relative_weights_say_which_output_makes_the_ratio():
+    """Evenness is 1 for uniform scores and 0 for all weight on one group (invalid groups left
+    out); a class's relative weights (its mean over the mean of all groups) per output divide
+    into its ratio, so they show which output's weights make it."""
+    from cosmo_sop.report.verdicts import selector_note, verdict_sentence
+    from cosmo_sop.structures.records import weights_json
+    from cosmo_sop.structures.weights import score_evenness
+
+    valid = np.ones((3, 4), bool)
+    valid[:, 3] = False
+    uniform = np.where(valid[..., None], 1 / 3, 0.0) * np.ones((3, 4, 2))
+    one_hot = np.zeros((3, 4, 2))
+    one_hot[:, 0] = 1.0
+    np.testing.assert_allclose(score_evenness(uniform, valid), [1.0, 1.0])
+    np.testing.assert_allclose(score_evenness(one_hot, valid), [0.0, 0.0])
+
+    table = weight_table(*weighted_case(0.6, 0.3), n_boot=100)
+    record = verdict(table, "void_paper")
+    relative = record["relative_weight"]
+    assert relative["Om"] == pytest.approx(0.6 * 4, rel=0.05)  # 0.6 against 1/4 on average
+    assert relative["Om"] / relative["s8"] == pytest.approx(record["ratio"])
+    settings = {"outputs": ["Om", "s8"], "confidence": 0.95, "n_maps": 80, "n_blocks": 80}
+    sentence = verdict_sentence(record, settings)
+    assert f"; {relative['Om']:.3g}× the average group's weight for Om, " in sentence
+    evenness = table["score_evenness"].values
+    assert ((evenness > 0) & (evenness < 1)).all()
+    note = selector_note({"weights": weights_json(table)})
+    assert f"is Om {evenness[0]:.3g}, s8 {evenness[1]:.3g}" in note
+    assert selector_note({"weights": {}}) is None  # verdicts.json of an older run

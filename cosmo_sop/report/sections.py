@@ -45,6 +45,7 @@ from cosmo_sop.report.verdicts import (
     finding_count,
     finding_text,
     null_rows,
+    selector_note,
     verdict_sentence,
     verdict_summary,
 )
@@ -245,6 +246,7 @@ def _verdicts(path: Path) -> dict[str, Any] | None:
         "findings": finding_count(records),
         "finding_rule": FINDING_RULE,
         "note": bootstrap_note(content),
+        "selectors": selector_note(content),
     }
 
 

@@ -8,7 +8,7 @@ controls (:func:`null_rows`, :func:`finding_text`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cosmo_sop.report.tables import number
@@ -43,6 +43,35 @@ def _contributing(record: Mapping[str, Any], settings: Mapping[str, Any]) -> str
     if dropped:
         text += f", {100 * dropped:.2g} % of resamples without the class left out"
     return text
+
+
+def _relative(record: Mapping[str, Any], outputs: Sequence[str]) -> str:
+    """``"; 1.02x the average group's weight for Om, 0.55x for s8"``: which output's weights
+    make the ratio (records before this field: nothing)."""
+    relative = record.get("relative_weight") or {}
+    values = [relative.get(o) for o in outputs[:2]]
+    if any(v is None for v in values):
+        return ""
+    return (
+        f"; {values[0]:.3g}× the average group's weight for {outputs[0]}, "
+        f"{values[1]:.3g}× for {outputs[1]}"
+    )
+
+
+def selector_note(content: Mapping[str, Any]) -> str | None:
+    """How far SOP's selectors moved from uniform scores, per output, from the ``score_evenness``
+    recorded in verdicts.json (None where it is not)."""
+    groups = (content.get("weights") or {}).get("all_groups") or {}
+    evenness = {o: v.get("score_evenness") for o, v in groups.items() if isinstance(v, Mapping)}
+    if not evenness or any(v is None for v in evenness.values()):
+        return None
+    values = ", ".join(f"{o} {v:.3g}" for o, v in evenness.items())
+    return (
+        "How far the selectors moved from uniform scores: the evenness of each map's scores "
+        f"(their entropy over the log of the number of groups; 1 = uniform) is {values}. "
+        "A ratio made by one output's uneven weights says that output singles the class out "
+        "(or leaves it out), not that the other does"
+    )
 
 
 def verdict_sentence(record: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
@@ -85,7 +114,7 @@ def verdict_sentence(record: Mapping[str, Any], settings: Mapping[str, Any]) -> 
     interval = f"{_g(record.get('ratio'))} [{_g(low)}, {high_text}]"
     numbers = (
         f"{head}: {outputs[0]}/{outputs[1]} weight ratio {interval} ({level}, {sample}, "
-        f"{groups} groups{_contributing(record, settings)})"
+        f"{groups} groups{_contributing(record, settings)}{_relative(record, outputs)})"
     )
     if outcome == "inconclusive":
         return f"{numbers} — inconclusive (CI includes 1)"

@@ -149,7 +149,10 @@ def weights_json(table: xr.Dataset) -> dict[str, Any]:
         }
         out[str(definition)] = entry
     out["all_groups"] = {
-        str(o): {"mean_weight": finite_or_none(table["mean_weight_all"].sel(output=o))}
+        str(o): {
+            "mean_weight": finite_or_none(table["mean_weight_all"].sel(output=o)),
+            "score_evenness": finite_or_none(table["score_evenness"].sel(output=o)),
+        }
         for o in table["output"].values
     }
     return out

@@ -118,6 +118,24 @@ def _bootstrap_intervals(
     }
 
 
+def score_evenness(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """How evenly a selector spreads each map's weight, per output (O,): the entropy of the
+    scores over a map's valid groups divided by its maximum, the log of their number, averaged
+    over maps with two valid groups or more. 1: uniform scores (the selector at its uniform
+    start); towards 0: all weight on one group. A ratio made by one output's uneven weights
+    reads differently from one where both outputs moved."""
+    c = np.where(valid[..., None], scores, 0.0)  # (N, m, O)
+    total = c.sum(axis=1, keepdims=True)
+    p = np.divide(c, total, out=np.zeros_like(c), where=total > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1)  # (N, O)
+    n_valid = valid.sum(axis=1)
+    usable = n_valid >= 2
+    if not usable.any():
+        return np.full(scores.shape[-1], np.nan)
+    return (entropy[usable] / np.log(n_valid[usable])[:, None]).mean(axis=0)
+
+
 def _contributing_blocks(group_count: np.ndarray, blocks: np.ndarray | None) -> np.ndarray:
     """How many resampling blocks (cosmologies) hold at least one group of each class and
     output (D, O): the units a class's interval really rests on."""
@@ -169,8 +187,8 @@ def weight_table(
         (definition): ``ratio`` (mean weight for outputs[0] / for outputs[1]), ``ratio_low``,
         ``ratio_high``, ``dropped_replicates`` (share of replicates without a group of the
         class, left out of the interval); (output): ``mean_weight_all`` (all valid groups, the
-        reference). Means are ratios of sums over maps (each group counts once); NaN for a
-        class without groups.
+        reference), ``score_evenness`` (:func:`score_evenness`). Means are ratios of sums over
+        maps (each group counts once); NaN for a class without groups.
         Attrs: n_maps, n_blocks, n_boot, seed, confidence, nonzero_only.
     """
     nonzero_only = defaults("structures.nonzero_only") if nonzero_only is None else nonzero_only
@@ -203,6 +221,7 @@ def weight_table(
             "ratio_high": (by_definition, ci["ratio_high"]),
             "dropped_replicates": (by_definition, ci["dropped"]),
             "mean_weight_all": (("output",), mean_all),
+            "score_evenness": (("output",), score_evenness(scores, valid)),
         },
         coords=coords,
         attrs=_table_attrs(
@@ -314,7 +333,11 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
         ``n_groups`` (the class's groups, the fewer of the two outputs'); ``n_contributing``
         (the blocks, cosmologies by default, that hold them, the fewer of the two outputs');
         ``dropped_replicates`` (the share of bootstrap replicates without a group of the class,
-        left out of the interval; None for a table without it); ``ratio``, ``ci_low``,
+        left out of the interval; None for a table without it); ``relative_weight`` (output ->
+        the class's mean weight over the mean weight of all groups: 1 for a class weighed like
+        the average group; with zero weights counted, the default, the ratio is the quotient of
+        the two outputs' values, which say which output's weights make it); ``ratio``,
+        ``ci_low``,
         ``ci_high`` (the weight ratio outputs[0] / outputs[1] and its interval, dimensionless;
         None where not finite); ``outcome``, checked in this order: ``"no_groups"`` (empty
         class), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1,
@@ -339,6 +362,11 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
     n_groups = int(row["n_groups"].values.min())
     n_contributing = int(row["n_contributing"].values.min()) if "n_contributing" in row else None
     dropped = finite_or_none(row["dropped_replicates"]) if "dropped_replicates" in row else None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = row["mean_weight"] / table["mean_weight_all"]
+    relative_weight = {
+        str(o): finite_or_none(relative.sel(output=o)) for o in relative["output"].values
+    }
     ratio, low, high = (float(row[k]) for k in ("ratio", "ratio_low", "ratio_high"))
     heavier = PAPER_FINDINGS[kind]["heavier"] if kind in PAPER_FINDINGS else None
     outputs = [str(o) for o in table["output"].values]
@@ -350,6 +378,7 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
         "n_groups": n_groups,
         "n_contributing": n_contributing,
         "dropped_replicates": dropped,
+        "relative_weight": relative_weight,
         "ratio": finite_or_none(ratio),
         "ci_low": finite_or_none(low),
         "ci_high": finite_or_none(high),
