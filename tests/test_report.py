@@ -35,7 +35,7 @@ from cosmo_sop.report.inputs import read_verdicts
 from cosmo_sop.report.tables import number
 from cosmo_sop.storage import write_zarr
 from cosmo_sop.structures import classify, group_statistics, verdicts, weight_table
-from cosmo_sop.structures.records import weights_json
+from cosmo_sop.structures.records import group_pixel_fractions, weights_json
 from cosmo_sop.structures.run import write_weights_csv
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -137,6 +137,7 @@ def _write_science(level: Path, rng) -> dict[str, str]:
         "explanations_store": "/somewhere/explanations.zarr",
         "definitions": [{"name": "void", "kind": "void"}],
         "weights": weights_json(table),
+        "group_pixels": group_pixel_fractions(stats, 8 * 8),
         "verdicts": verdicts(table),
     }
     (science / "verdicts.json").write_text(json.dumps(content))
@@ -300,6 +301,7 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert "below 0.05): 4 of them." in page
     assert "Explanation store: 12 test maps, 4 groups each." in page
     assert "How far the selectors moved from uniform scores" in page
+    assert escape("Here SOP's groups hold 1.56–50 % of a map's pixels") in page
 
     # (c) the verdict sentences, the paper comparison, SOP's group statistics
     for sentence in sentences.values():

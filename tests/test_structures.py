@@ -563,3 +563,26 @@ def test_score_evenness_and_relative_weights_say_which_output_makes_the_ratio():
     note = selector_note({"weights": weights_json(table)})
     assert f"is Om {evenness[0]:.3g}, s8 {evenness[1]:.3g}" in note
     assert selector_note({"weights": {}}) is None  # verdicts.json of an older run
+
+
+def test_the_mean_bound_is_each_groups_own():
+    """sqrt((1 - p) / p) sigma: 2 for a fifth of the pixels; 40 tokens of a 14 x 14 grid over
+    66 pixels hold 16.9-23.0 % of them, bounding the mean at 2.22-1.83 sigma (issue 24); the
+    report says the range of the run's own groups."""
+    from cosmo_sop.report.verdicts import group_pixels_note
+    from cosmo_sop.structures.definitions import mean_bound
+    from cosmo_sop.structures.records import group_pixel_fractions
+
+    np.testing.assert_allclose(mean_bound([0.2, 0.169, 0.23]), [2.0, 2.217, 1.830], atol=1e-3)
+    masks = np.zeros((20, 2, SIZE, SIZE), bool)
+    masks[:, 0, :8] = True  # 20 % of the pixels
+    masks[:, 1, :10] = True  # 25 %
+    stats = group_statistics(sigma_map(planted_maps(20)), masks)
+    shares = group_pixel_fractions(stats, SIZE * SIZE)
+    assert shares["p05"] == pytest.approx(0.2) and shares["p95"] == pytest.approx(0.25)
+    assert shares["bound_high"] == pytest.approx(2.0) and shares["bound_low"] == pytest.approx(
+        3**0.5
+    )
+    note = group_pixels_note({"group_pixels": shares})
+    assert "hold 20–25 % of a map's pixels" in note and "at most 1.73σ–2σ" in note
+    assert group_pixels_note({}) is None  # verdicts.json of an older run

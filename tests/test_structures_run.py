@@ -76,6 +76,10 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
     assert (saved["n_boot"], saved["seed"], saved["bootstrap_blocks"]) == (200, 1, "cosmology")
     assert saved["n_blocks"] == len(set(ds.cosmology.values)) < saved["n_maps"]
     assert saved["weights"]["cluster_paper"]["Om"]["mean_weight"] is None
+    # 25 % groups of whole 4 x 4 tokens: a quarter of the pixels, a mean of at most sqrt(3) sigma
+    shares = saved["group_pixels"]
+    assert shares["p05"] == shares["median"] == shares["p95"] == 0.25
+    assert shares["bound_low"] == shares["bound_high"] == pytest.approx(3**0.5)
     # every verdict carries the three nulls; uniform scores weigh Om and s8 alike (ratio 1)
     assert saved["nulls"] == ["initial", "uniform", "random"]
     for record in saved["verdicts"]:

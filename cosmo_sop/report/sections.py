@@ -44,6 +44,7 @@ from cosmo_sop.report.verdicts import (
     bootstrap_note,
     finding_count,
     finding_text,
+    group_pixels_note,
     null_rows,
     selector_note,
     verdict_sentence,
@@ -247,6 +248,7 @@ def _verdicts(path: Path) -> dict[str, Any] | None:
         "finding_rule": FINDING_RULE,
         "note": bootstrap_note(content),
         "selectors": selector_note(content),
+        "group_pixels": group_pixels_note(content),
     }
 
 

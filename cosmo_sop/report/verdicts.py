@@ -58,6 +58,21 @@ def _relative(record: Mapping[str, Any], outputs: Sequence[str]) -> str:
     )
 
 
+def group_pixels_note(content: Mapping[str, Any]) -> str | None:
+    """The share of the pixels this run's groups hold and the bound it puts on their mean
+    (``group_pixels`` of verdicts.json; None where it is not recorded)."""
+    shares = content.get("group_pixels") or {}
+    keys = ("p05", "p95", "bound_low", "bound_high")
+    if any(shares.get(k) is None for k in keys):
+        return None
+    p05, p95, low, high = (float(shares[k]) for k in keys)
+    return (
+        f"Here SOP's groups hold {100 * p05:.3g}–{100 * p95:.3g} % of a map's pixels (5th to "
+        f"95th percentile: they hold a share of the tokens, and tokens differ in size), so "
+        f"their mean is at most {low:.3g}σ–{high:.3g}σ"
+    )
+
+
 def selector_note(content: Mapping[str, Any]) -> str | None:
     """How far SOP's selectors moved from uniform scores, per output, from the ``score_evenness``
     recorded in verdicts.json (None where it is not)."""

@@ -29,8 +29,10 @@ Why the paper's cluster rule is (nearly) always empty for SOP's groups
 ---------------------------------------------------------------------
 On a map of zero mean and unit variance, a group holding a fraction p of the pixels has mean
 ``mu`` with ``p mu + (1 - p) mu' = 0`` for the mean ``mu'`` of the rest, and the variance bounds
-``p mu^2 + (1 - p) mu'^2 <= 1``; together ``mu <= sqrt((1 - p) / p)`` sigma: exactly 2 sigma for
-p = 0.2 (SOP's default ``keep_fraction``), reached only by a map that is a two-valued step. The
+``p mu^2 + (1 - p) mu'^2 <= 1``; together ``mu <= sqrt((1 - p) / p)`` sigma (:func:`mean_bound`):
+exactly 2 sigma for p = 0.2, reached only by a map that is a two-valued step. SOP's groups hold
+``keep_fraction`` of the *tokens*, so their share of the pixels, and the bound, vary with the
+tokens' sizes (verdicts.json records the range, ``group_pixels``). The
 group of the highest 20 % of the pixels of a Gaussian field averages ``phi(z) / p`` = 1.40 sigma
 (z the 80th percentile), and the mock's lognormal patches give about 1.5 sigma; so no 20 % group
 passes ``mean > 2 sigma``, and ``cluster_paper`` reports an empty class (the verdict
@@ -78,6 +80,16 @@ PURITY_CLUSTER = "cluster_authors"
 
 _RULE_KEYS = ("mean_above", "mean_below", "fraction_above", "fraction_below")
 _CONFIG_KEYS = frozenset(("name", "kind", "min_fraction", *_RULE_KEYS))
+
+
+def mean_bound(pixel_fraction: Any) -> np.ndarray:
+    """The largest mean, in sigma, of a group holding ``pixel_fraction`` p of a map of zero mean
+    and unit variance: ``sqrt((1 - p) / p)`` (see the module notes; 2 for p = 0.2). SOP's groups
+    hold ``keep_fraction`` of the *tokens*, whose pixel share varies with the tokens' sizes, so
+    the bound is each group's own."""
+    p = np.asarray(pixel_fraction, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt((1.0 - p) / p)
 
 
 def is_finite_number(value: Any) -> bool:

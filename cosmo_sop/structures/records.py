@@ -14,10 +14,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from cosmo_sop.storage import finite_or_none, write_csv
-from cosmo_sop.structures.definitions import PURITY_CLUSTER, PURITY_VOID, StructureDefinition
+from cosmo_sop.structures.definitions import (
+    PURITY_CLUSTER,
+    PURITY_VOID,
+    StructureDefinition,
+    mean_bound,
+)
 
 #: Columns of ``weights.csv``: one row per definition and output.
 WEIGHTS_COLUMNS = (
@@ -46,8 +52,13 @@ def verdicts_content(
     explanations: xr.Dataset,
     explanations_store: str | os.PathLike,
     null_tables: Mapping[str, xr.Dataset],
+    stats: xr.Dataset,
 ) -> dict[str, Any]:
-    """verdicts.json: the settings the verdicts were made with, the weights, the records."""
+    """verdicts.json: the settings the verdicts were made with, the weights, the records, and
+    the share of the pixels SOP's groups hold with the bound it puts on their mean
+    (:func:`group_pixel_fractions`; ``stats`` from
+    :func:`~cosmo_sop.structures.classes.group_statistics` of the explained groups)."""
+    map_pixels = int(np.prod(explanations["masks"].shape[-2:]))
     return {
         "outputs": [str(o) for o in table["output"].values],
         "confidence": float(table.attrs["confidence"]),
@@ -66,7 +77,25 @@ def verdicts_content(
         "finding_rule": FINDING_RULE,
         "weights": weights_json(table),
         "null_weights": {name: weights_json(t) for name, t in null_tables.items()},
+        "group_pixels": group_pixel_fractions(stats, map_pixels),
         "verdicts": records,
+    }
+
+
+def group_pixel_fractions(stats: xr.Dataset, map_pixels: int) -> dict[str, float | None]:
+    """The share of a map's pixels in SOP's valid groups (5th, 50th and 95th percentile) and the
+    largest mean in sigma a group of that share can have (:func:`mean_bound`; the smallest
+    share bounds the mean the highest)."""
+    pixels = stats["pixels"].values[stats["valid"].values]
+    if pixels.size == 0:
+        return {"p05": None, "median": None, "p95": None, "bound_low": None, "bound_high": None}
+    p05, median, p95 = np.percentile(pixels / map_pixels, [5, 50, 95])
+    return {
+        "p05": float(p05),
+        "median": float(median),
+        "p95": float(p95),
+        "bound_low": finite_or_none(mean_bound(p95)),
+        "bound_high": finite_or_none(mean_bound(p05)),
     }
 
 

@@ -143,7 +143,14 @@ def run(
         )
     }
     content = verdicts_content(
-        table, records, definitions, settings, explained, explanations, null_tables
+        table,
+        records,
+        definitions,
+        settings,
+        explained,
+        explanations,
+        null_tables,
+        measured["stats"],
     )
     files = {
         "weights": write_weights_csv(table, out_dir / WEIGHTS_CSV),
