@@ -31,7 +31,7 @@ from cosmo_sop.structures import (
 NOTEBOOK = Path(__file__).resolve().parents[1] / "analysis" / "void_cluster_weights.ipynb"
 KERNEL = "cosmo-sop-test"
 SIZE, BINS, GROUPS = 16, 2, 6
-N_COSMOLOGIES, PER_COSMOLOGY = 6, 3  # explained (test) maps: 18, in 6 bootstrap blocks
+N_COSMOLOGIES, PER_COSMOLOGY = 10, 3  # explained maps: 30 in 10 blocks, a verdict's fewest
 #: Weights planted per group: cluster, void, three neutral strips, one invalid (empty) group.
 WEIGHTS = {"Om": [0.10, 0.60, 0.10, 0.10, 0.10, 0.0], "s8": [0.60, 0.10, 0.10, 0.10, 0.10, 0.0]}
 
@@ -61,7 +61,8 @@ def _write_run(results: Path, seed: int = 7) -> xr.Dataset:
     n_store = n_explained + 6  # the patch store also holds train maps that are not explained
     kappa, masks = _planted_maps(rng, n_store)
     cosmology_of_map = np.repeat(np.arange(n_store // PER_COSMOLOGY), PER_COSMOLOGY)
-    om_grid, s8_grid = rng.uniform(0.15, 0.45, 10), rng.uniform(0.6, 1.0, 10)
+    n_cosmologies = n_store // PER_COSMOLOGY
+    om_grid, s8_grid = rng.uniform(0.15, 0.45, n_cosmologies), rng.uniform(0.6, 1.0, n_cosmologies)
     split = np.where(cosmology_of_map < 2, "train", "test")
     coords = {
         "Om": ("sample", om_grid[cosmology_of_map]),

@@ -586,3 +586,24 @@ def test_the_mean_bound_is_each_groups_own():
     note = group_pixels_note({"group_pixels": shares})
     assert "hold 20–25 % of a map's pixels" in note and "at most 1.73σ–2σ" in note
     assert group_pixels_note({}) is None  # verdicts.json of an older run
+
+
+def test_a_class_in_fewer_cosmologies_than_min_blocks_gets_no_verdict():
+    """Voids in the maps of 3 of 6 cosmologies: with the default (10) or 4 blocks needed the
+    verdict is too_few, never a finding, and the report says why; with 3 it is a verdict."""
+    from cosmo_sop.report.verdicts import verdict_sentence
+
+    scores, member = weighted_case(0.6, 0.3, n=24)
+    blocks = np.arange(24) // 4
+    void = member.sel(definition="void_paper").values
+    member.loc[{"definition": "void_paper"}] = void & (blocks < 3)[:, None]
+    table = weight_table(scores, member, n_boot=500, blocks=blocks)
+    assert verdict(table, "void_paper")["outcome"] == "too_few"  # the schema's 10
+    assert verdict(table, "void_paper", min_blocks=4)["outcome"] == "too_few"
+    assert verdict(table, "void_paper", min_blocks=3)["outcome"] == "agrees"
+    assert [v["outcome"] for v in verdicts(table, min_blocks=6)][:2] == ["too_few", "agrees"]
+    settings = {"outputs": ["Om", "s8"], "confidence": 0.95, "n_maps": 24, "n_blocks": 6}
+    settings |= {"bootstrap_blocks": "cosmology", "min_blocks": 10}
+    sentence = verdict_sentence(verdict(table, "void_paper"), settings)
+    assert "12 groups in 3 cosmologies" in sentence
+    assert sentence.endswith("a verdict needs at least 10 — no verdict")

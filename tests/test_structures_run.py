@@ -23,7 +23,7 @@ def _config(seed: int = 0, **structures) -> dict:
 
 def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tmp_path):
     tmp, patches, segments, explanations = science_runs
-    config = _config(seed=1, n_boot=200)
+    config = _config(seed=1, n_boot=200, min_blocks=4)  # the tiny stores' 4 test cosmologies
     result = run(
         config, explanations=explanations, patches=patches, out_dir=tmp_path, segments=segments
     )
@@ -74,6 +74,7 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
     assert saved["outputs"] == ["Om", "s8"] and saved["confidence"] == 0.95
     # the default bootstrap resamples whole cosmologies, and verdicts.json says so
     assert (saved["n_boot"], saved["seed"], saved["bootstrap_blocks"]) == (200, 1, "cosmology")
+    assert saved["min_blocks"] == 4 and void["n_contributing"] == 4
     assert saved["n_blocks"] == len(set(ds.cosmology.values)) < saved["n_maps"]
     assert saved["weights"]["cluster_paper"]["Om"]["mean_weight"] is None
     # 25 % groups of whole 4 x 4 tokens: a quarter of the pixels, a mean of at most sqrt(3) sigma

@@ -21,6 +21,7 @@ COUNTED = {
     "agrees": "agree",
     "inconclusive": "inconclusive",
     "no_groups": "no verdict",
+    "too_few": "no verdict",
     "undefined": "no verdict",
 }
 
@@ -116,6 +117,11 @@ def verdict_sentence(record: Mapping[str, Any], settings: Mapping[str, Any]) -> 
     groups, outcome = record.get("n_groups"), record["outcome"]
     if outcome == "no_groups":
         return f"{head}: no groups in this class ({sample}) — no verdict"
+    if outcome == "too_few":
+        return (
+            f"{head}: {groups} groups{_contributing(record, settings)} ({sample}); a verdict "
+            f"needs at least {settings.get('min_blocks', 'structures.min_blocks')} — no verdict"
+        )
     if outcome == "undefined":
         return (
             f"{head}: ratio undefined, zero mean weight for {outputs[1]} ({sample}, "

@@ -65,6 +65,7 @@ def verdicts_content(
         "n_maps": int(table.attrs["n_maps"]),
         "n_blocks": int(table.attrs["n_blocks"]),
         "bootstrap_blocks": settings["bootstrap_blocks"],
+        "min_blocks": settings["min_blocks"],
         "n_boot": settings["n_boot"],
         "seed": settings["seed"],
         "nonzero_only": settings["nonzero_only"],

@@ -134,7 +134,7 @@ def run(
         )
         for name, part in measured["nulls"].items()
     }
-    records = [with_nulls(r, table, null_tables) for r in verdicts(table)]
+    records = [with_nulls(r, table, null_tables) for r in verdicts(table, settings["min_blocks"])]
     purity = {
         kind: _purity_by_output(values, outputs, settings, blocks)
         for kind, values in (
@@ -180,6 +180,7 @@ def _settings(config: Mapping[str, Any], smoothing_pixels: float) -> dict[str, A
         "seed": int(config["seed"]),
         "nonzero_only": bool(options["nonzero_only"]),
         "bootstrap_blocks": options["bootstrap_blocks"],
+        "min_blocks": int(options["min_blocks"]),
         "smoothing_pixels": float(smoothing_pixels),
         "null_notes": {},
     }

@@ -281,12 +281,15 @@ def class_weights(
 
 
 #: Outcomes of :func:`verdict`.
-Outcome = Literal["agrees", "disagrees", "inconclusive", "no_groups", "undefined", "no_expectation"]
+Outcome = Literal[
+    "agrees", "disagrees", "inconclusive", "no_groups", "too_few", "undefined", "no_expectation"
+]
 OUTCOMES: tuple[str, ...] = (
     "agrees",
     "disagrees",
     "inconclusive",
     "no_groups",
+    "too_few",
     "undefined",
     "no_expectation",
 )
@@ -311,7 +314,7 @@ def _outcome(
     return "agrees" if observed == heavier else "disagrees"
 
 
-def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
+def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -> dict[str, Any]:
     """Whether one class agrees with the SOP paper, as a record.
 
     The paper finds voids weigh more for Omega_m (ratio Om/s8 > 1) and clusters more for
@@ -325,6 +328,9 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
         From :func:`weight_table`.
     definition
         One of its definitions.
+    min_blocks
+        The fewest bootstrap blocks (cosmologies by default) that must hold the class's groups
+        for a verdict; None: the schema's ``structures.min_blocks``.
 
     Returns
     -------
@@ -340,7 +346,8 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
         ``ci_low``,
         ``ci_high`` (the weight ratio outputs[0] / outputs[1] and its interval, dimensionless;
         None where not finite); ``outcome``, checked in this order: ``"no_groups"`` (empty
-        class), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1,
+        class), ``"too_few"`` (its groups in fewer than ``min_blocks`` blocks: a percentile
+        bootstrap over so few under-covers), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1,
         is undefined, or has zero width: every group of the class in one bootstrap block),
         ``"no_expectation"`` (the paper says nothing about this kind or these outputs),
         ``"agrees"`` or ``"disagrees"``; ``agrees`` (True / False for those two,
@@ -370,7 +377,11 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
     ratio, low, high = (float(row[k]) for k in ("ratio", "ratio_low", "ratio_high"))
     heavier = PAPER_FINDINGS[kind]["heavier"] if kind in PAPER_FINDINGS else None
     outputs = [str(o) for o in table["output"].values]
-    outcome = _outcome(n_groups, ratio, low, high, heavier, outputs)
+    min_blocks = defaults("structures.min_blocks") if min_blocks is None else int(min_blocks)
+    if n_groups > 0 and n_contributing is not None and n_contributing < min_blocks:
+        outcome: Outcome = "too_few"
+    else:
+        outcome = _outcome(n_groups, ratio, low, high, heavier, outputs)
     return {
         "definition": str(definition),
         "kind": kind,
@@ -388,6 +399,6 @@ def verdict(table: xr.Dataset, definition: str) -> dict[str, Any]:
     }
 
 
-def verdicts(table: xr.Dataset) -> list[dict[str, Any]]:
+def verdicts(table: xr.Dataset, min_blocks: int | None = None) -> list[dict[str, Any]]:
     """:func:`verdict` of every definition of ``table``, in its order."""
-    return [verdict(table, str(name)) for name in table["definition"].values]
+    return [verdict(table, str(name), min_blocks) for name in table["definition"].values]
