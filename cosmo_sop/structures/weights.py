@@ -339,7 +339,7 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
         ``n_groups`` (the class's groups, the fewer of the two outputs'); ``n_contributing``
         (the blocks, cosmologies by default, that hold them, the fewer of the two outputs');
         ``dropped_replicates`` (the share of bootstrap replicates without a group of the class,
-        left out of the interval; None for a table without it); ``relative_weight`` (output ->
+        left out of the interval); ``relative_weight`` (output ->
         the class's mean weight over the mean weight of all groups: 1 for a class weighed like
         the average group; with zero weights counted, the default, the ratio is the quotient of
         the two outputs' values, which say which output's weights make it); ``ratio``,
@@ -347,7 +347,8 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
         ``ci_high`` (the weight ratio outputs[0] / outputs[1] and its interval, dimensionless;
         None where not finite); ``outcome``, checked in this order: ``"no_groups"`` (empty
         class), ``"too_few"`` (its groups in fewer than ``min_blocks`` blocks: a percentile
-        bootstrap over so few under-covers), ``"undefined"`` (ratio not finite), ``"inconclusive"`` (the interval includes 1,
+        bootstrap over so few under-covers), ``"undefined"`` (ratio not finite),
+        ``"inconclusive"`` (the interval includes 1,
         is undefined, or has zero width: every group of the class in one bootstrap block),
         ``"no_expectation"`` (the paper says nothing about this kind or these outputs),
         ``"agrees"`` or ``"disagrees"``; ``agrees`` (True / False for those two,
@@ -367,8 +368,7 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
     kind = str(row["kind"].values) if "kind" in row.coords else None
     rule = str(row["rule"].values) if "rule" in row.coords else None
     n_groups = int(row["n_groups"].values.min())
-    n_contributing = int(row["n_contributing"].values.min()) if "n_contributing" in row else None
-    dropped = finite_or_none(row["dropped_replicates"]) if "dropped_replicates" in row else None
+    n_contributing = int(row["n_contributing"].values.min())
     with np.errstate(invalid="ignore", divide="ignore"):
         relative = row["mean_weight"] / table["mean_weight_all"]
     relative_weight = {
@@ -378,7 +378,7 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
     heavier = PAPER_FINDINGS[kind]["heavier"] if kind in PAPER_FINDINGS else None
     outputs = [str(o) for o in table["output"].values]
     min_blocks = defaults("structures.min_blocks") if min_blocks is None else int(min_blocks)
-    if n_groups > 0 and n_contributing is not None and n_contributing < min_blocks:
+    if 0 < n_contributing < min_blocks:
         outcome: Outcome = "too_few"
     else:
         outcome = _outcome(n_groups, ratio, low, high, heavier, outputs)
@@ -388,7 +388,7 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
         "rule": rule,
         "n_groups": n_groups,
         "n_contributing": n_contributing,
-        "dropped_replicates": dropped,
+        "dropped_replicates": finite_or_none(row["dropped_replicates"]),
         "relative_weight": relative_weight,
         "ratio": finite_or_none(ratio),
         "ci_low": finite_or_none(low),
