@@ -17,7 +17,8 @@ ignores it).
 
 Public API: :class:`Interval`, :func:`resample_counts`, :func:`replicate_sums`,
 :func:`bootstrap_mean`, :func:`bootstrap_paired_difference`, :func:`bootstrap_ratio_of_means`,
-:func:`percentile_interval`, :func:`bootstrap_p_value`, :func:`benjamini_hochberg`.
+:func:`percentile_interval`, :func:`bca_interval`, :func:`bootstrap_p_value`,
+:func:`one_sided_p_value`, :func:`benjamini_hochberg`, :func:`holm`.
 """
 
 from __future__ import annotations
@@ -149,6 +150,70 @@ def percentile_interval(
     return np.asarray(low), np.asarray(high)
 
 
+def bca_interval(
+    replicates: np.ndarray,
+    estimate: np.ndarray,
+    jackknife: np.ndarray,
+    confidence: float = CONFIDENCE,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bias-corrected and accelerated (BCa) bootstrap interval over axis 0 (Efron 1987;
+    Davison & Hinkley 1997, sec. 5.3.2), for the cosmology bootstrap.
+
+    The percentile interval of a ratio of means over a few dozen clusters under-covers (a
+    skewed, biased statistic); BCa moves the percentile levels by the replicates' median bias
+    ``z0`` and the acceleration ``a`` from the jackknife over the same blocks. Written out
+    because :func:`scipy.stats.bootstrap` draws its own resamples of independent
+    observations, while here the replicates must be the shared draws of whole cosmologies.
+
+    Parameters
+    ----------
+    replicates
+        (B, ...) bootstrap replicates; NaN ones are left out.
+    estimate
+        (...) the statistic on all data.
+    jackknife
+        (K, ...) the statistic with each of the K blocks left out.
+    confidence
+        Two-sided level.
+
+    Returns
+    -------
+    low, high
+        Arrays of the statistic's shape. Where ``z0`` or ``a`` is undefined (an infinite
+        replicate or jackknife value, every replicate on one side, fewer than two blocks), the
+        percentile interval (:func:`percentile_interval`).
+    """
+    from scipy.stats import norm
+
+    replicates = np.asarray(replicates, dtype=np.float64)
+    estimate = np.asarray(estimate, dtype=np.float64)
+    jackknife = np.asarray(jackknife, dtype=np.float64)
+    defined = ~np.isnan(replicates)
+    n = defined.sum(axis=0)
+    below = ((replicates < estimate) & defined).sum(axis=0)
+    tied = ((replicates == estimate) & defined).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        z0 = norm.ppf((below + 0.5 * tied) / n)
+        spread = np.nanmean(jackknife, axis=0) - jackknife
+        acceleration = np.sum(spread**3, axis=0) / (6.0 * np.sum(spread**2, axis=0) ** 1.5)
+    tail = (1.0 - float(confidence)) / 2.0
+    z = norm.ppf([tail, 1.0 - tail]).reshape(2, *([1] * estimate.ndim))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        levels = norm.cdf(z0 + (z0 + z) / (1.0 - acceleration * (z0 + z)))  # (2, ...)
+    usable = np.isfinite(levels).all(axis=0) & (jackknife.shape[0] >= 2)
+    levels = np.where(usable, levels, np.array([tail, 1.0 - tail]).reshape(z.shape))
+    low, high = np.full(estimate.shape, np.nan), np.full(estimate.shape, np.nan)
+    flat = replicates.reshape(replicates.shape[0], -1)
+    for j in np.flatnonzero(n.reshape(-1) > 0):  # one column per class: a handful
+        column = flat[:, j][~np.isnan(flat[:, j])]
+        lo, hi = (levels[k].reshape(-1)[j] for k in (0, 1))
+        low.reshape(-1)[j], high.reshape(-1)[j] = np.quantile(
+            column, [lo, hi], method="inverted_cdf"
+        )
+    return low, high
+
+
 def bootstrap_p_value(replicates: np.ndarray) -> np.ndarray:
     """Two-sided bootstrap p-value of a zero statistic, over axis 0 of its replicates.
 
@@ -165,6 +230,46 @@ def bootstrap_p_value(replicates: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.minimum(1.0, 2.0 * (1.0 + np.minimum(below, above)) / (n + 1.0))
     return np.where(n > 0, p, np.nan)
+
+
+def one_sided_p_value(replicates: np.ndarray, side: int) -> np.ndarray:
+    """One-sided bootstrap p-value, over axis 0, of the hypothesis that the statistic is not on
+    ``side`` (+1: not above zero; -1: not below).
+
+    ``p = (1 + #{side r <= 0}) / (B + 1)`` over the B replicates that are not NaN (an infinite
+    replicate counts on its side): p < alpha exactly where the one-sided percentile bound at
+    level 1 - alpha lies on ``side`` of zero, up to the ``+ 1``. NaN where no replicate is
+    defined.
+    """
+    if side not in (1, -1):
+        raise InputError("argument 'side'", f"must be +1 or -1, got {side!r}")
+    replicates = np.asarray(replicates, dtype=np.float64)
+    defined = ~np.isnan(replicates)
+    n = defined.sum(axis=0)
+    wrong_side = ((side * replicates <= 0) & defined).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, (1.0 + wrong_side) / (n + 1.0), np.nan)
+
+
+def holm(p_values: Any) -> np.ndarray:
+    """p-values adjusted for the family-wise error rate over all finite entries (any shape), by
+    Holm's step-down rule (Holm 1979); NaN stays NaN. An entry is significant at level alpha
+    where its adjusted p-value is below alpha.
+
+    Written out because scipy has only false-discovery-rate adjustments and statsmodels is not
+    a dependency: the k-th smallest of n p-values becomes ``max_{j <= k} min(1, (n - j + 1)
+    p_(j))``.
+    """
+    p_values = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p_values.shape, np.nan)
+    finite = np.isfinite(p_values)
+    ordered = np.sort(p_values[finite])
+    n = ordered.size
+    if n:
+        steps = np.maximum.accumulate(np.minimum(1.0, (n - np.arange(n)) * ordered))
+        ranks = np.argsort(np.argsort(p_values[finite], kind="stable"), kind="stable")
+        adjusted[finite] = steps[ranks]
+    return adjusted
 
 
 def benjamini_hochberg(p_values: Any) -> np.ndarray:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_demo_config_is_valid_and_defaults_are_filled():
     config = load_config(ROOT / "config" / "config.yaml")
     assert config["source"] == "mock"
-    assert config["ingest"]["split"] == {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert config["ingest"]["split"] == {"train": 0.65, "val": 0.1, "test": 0.25}
     assert {level["name"] for level in config["noise"]} == {"noiseless", "stage3"}
     stage3 = next(level for level in config["noise"] if level["name"] == "stage3")
     assert stage3["smoothing_fwhm_arcmin"] == 0.0  # default filled inside a list item
@@ -295,14 +295,14 @@ def test_schema_default_structures_are_the_library_defaults():
     # library calls without options take the schema's bootstrap settings
     rng = np.random.default_rng(0)
     masks = rng.random((3, 4, 8, 8)) < 0.3
-    membership = classify(group_statistics(sigma_map(rng.random((3, 1, 8, 8))), masks))
+    membership = classify(group_statistics(sigma_map(rng.random((3, 1, 8, 8)), 0.0), masks))
     table = weight_table(rng.dirichlet(np.ones(4), size=(3, 2)).transpose(0, 2, 1), membership)
     assert table.attrs["n_boot"] == options["n_boot"]
     assert table.attrs["nonzero_only"] == int(options["nonzero_only"])
     assert purity_table({"sop": np.full((3, 2), 0.5)}).attrs["n_boot"] == options["n_boot"]
     # the workflow resamples whole cosmologies (their patches are correlated) unless told otherwise
     assert options["bootstrap_blocks"] == "cosmology"
-    assert options["nulls"] == ["initial", "uniform", "random"]
+    assert options["nulls"] == ["uniform", "random"]
 
 
 def _schema_keys(node: dict, prefix: str = "") -> list[tuple[str, str]]:

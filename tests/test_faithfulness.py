@@ -284,7 +284,10 @@ def test_grouped_curves_change_each_pixel_once_and_skip_invalid_groups():
     )
     # Order g1, g0, then the skipped groups: the union grows 0 -> 40 -> 60 pixels and stays.
     np.testing.assert_allclose(ins.pixel_fraction, [[0, 0.4, 0.6, 0.6, 0.6]] * N_MAPS)
-    np.testing.assert_allclose(ins.position, [0, 0.25, 0.5, 0.75, 1])
+    np.testing.assert_allclose(ins.position, [0, 0.4, 0.6, 0.6, 0.6])
+    # The AUC runs over the pixels changed: the skipped groups add no area.
+    np.testing.assert_allclose(ins.map_auc, np.trapezoid(ins.per_map, ins.pixel_fraction, axis=1))
+    assert ins.auc == pytest.approx(ins.map_auc.mean())
     pixels = x.sum(1).numpy() * regions[1].numpy()  # what output 1 sees
     after_g1 = pixels[:, 2:6].sum((1, 2))
     after_both = pixels[:, 0:6].sum((1, 2))
@@ -295,6 +298,43 @@ def test_grouped_curves_change_each_pixel_once_and_skip_invalid_groups():
     # Without the validity flags the invalid group (score 0.9) would go first.
     ins_all, _ = grouped_insertion_deletion(model, x, masks, scores, 1, progress=False)
     np.testing.assert_allclose(ins_all.pixel_fraction[0], [0, 0.4, 0.8, 1.0, 1.0])
+
+
+def test_grouped_curves_rank_a_good_group_order_above_random_despite_repeated_groups():
+    """Six copies of a group holding 60 % of what output 1 sees, one group with the other 40 %
+    (as large a share per pixel), one group outside: ranked by each group's own effect, the
+    copies come first and the rest of the region only at step 7. Over the pixels changed that
+    order is the best there is; over the step index (the old axis) the five repeated copies
+    each took 1 / m of it at the error left, and the good order lost to random orders and even
+    to its reverse."""
+    model, _ = region_model()
+    x = positive_maps()
+    masks = torch.zeros(N_MAPS, 8, SIDE, SIDE, dtype=torch.bool)
+    masks[:, :6, :, 0:3] = True
+    masks[:, 6, :, 3:5] = True
+    masks[:, 7, :, 5:] = True
+    good = torch.arange(8, 0, -1, dtype=torch.float64).expand(N_MAPS, 8)
+    orders = {"good": good, "reversed": -good}
+    for seed in range(10):
+        orders[f"random {seed}"] = torch.rand(
+            N_MAPS, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+        )
+    curves = {
+        name: grouped_insertion_deletion(model, x, masks, order, 1, progress=False)
+        for name, order in orders.items()
+    }
+    ins = {name: pair.insertion.auc for name, pair in curves.items()}
+    dele = {name: pair.deletion.auc for name, pair in curves.items()}
+    random_ins = np.mean([v for k, v in ins.items() if k.startswith("random")])
+    random_del = np.mean([v for k, v in dele.items() if k.startswith("random")])
+    assert ins["good"] < random_ins - 0.1 and random_ins < ins["reversed"] - 0.1
+    assert dele["good"] > random_del + 0.1 and random_del > dele["reversed"] + 0.1
+    # Over the step index the good order would have lost (0.37 against 0.28 and 0.26); over the
+    # pixels changed it scores 0.25 against 0.40 and 0.75.
+    steps = np.arange(9) / 8
+    by_step = {k: np.trapezoid(c.insertion.curve, steps) for k, c in curves.items()}
+    by_step_random = np.mean([v for k, v in by_step.items() if k.startswith("random")])
+    assert by_step["good"] > by_step_random and by_step["good"] > by_step["reversed"]
 
 
 def test_group_scores_from_importance_orders_like_a_pixel_method():

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from cosmo_sop.attribution import group_pixel_importance
 from cosmo_sop.faithfulness.engine import Plan, evaluate
 from cosmo_sop.faithfulness.ranks import (
+    contribution_sparsity,
+    group_contributions,
     group_scores_from_importance,
     mass_fraction,
     pixel_ranks,
@@ -16,6 +19,7 @@ from cosmo_sop.faithfulness.ranks import (
     tie_order,
     token_aggregate,
 )
+from cosmo_sop.faithfulness.substrates import substrate_prediction
 
 
 def test_ties_are_broken_by_a_seeded_random_order_not_raster_order():
@@ -91,6 +95,46 @@ def test_sparsity_is_the_fraction_of_pixels_holding_the_mass():
     assert mass_fraction(uniform, 0.9)[0] == pytest.approx(0.90)
     assert mass_fraction(uniform, 1.0)[0] == pytest.approx(1.0)
     assert np.isnan(mass_fraction(torch.zeros(1, 3, 3), 0.9)[0])
+
+
+def test_sops_sparsity_counts_contributions_not_the_offset_of_its_partial_predictions():
+    """Two halves of a map, each weighted 0.5 for one output; the backbone gives 3 on the zero
+    map (a standardised output need not be 0 there), 4 on the left half, 3 on the right. Only
+    the left half moves the prediction: its contribution c (y - h(0)) is 0.5, the right's 0,
+    and 90 % of the mass lies in 45 % of the pixels. |c y| (2 and 1.5) counted the offset 3 as
+    importance of both halves: 89 %."""
+    masks = torch.zeros(1, 2, 10, 10, dtype=torch.bool)
+    masks[0, 0, :, :5] = True
+    masks[0, 1, :, 5:] = True
+    scores = torch.tensor([[[0.5], [0.5]]], dtype=torch.float64)
+    partial = torch.tensor([[[4.0], [3.0]]], dtype=torch.float64)
+    reference = torch.tensor([[3.0]], dtype=torch.float64)
+    contributions = group_contributions(scores, partial, reference)
+    np.testing.assert_allclose(contributions[0, :, 0], [0.5, 0.0])
+    # Complete, as Integrated Gradients: they sum to f_SOP(x) - h(0) = 3.5 - 3.
+    assert float(contributions.sum()) == pytest.approx((scores * partial).sum() - 3.0)
+    sparsity = contribution_sparsity(masks, contributions, 0.9)
+    assert sparsity.shape == (1, 1) and sparsity[0, 0] == pytest.approx(0.45)
+    old = mass_fraction(group_pixel_importance(masks, (scores * partial)[..., 0].abs()), 0.9)
+    assert old[0] == pytest.approx(0.89)
+    # Invalid groups contribute nothing; a map without contributions has no sparsity.
+    valid = torch.tensor([[False, True]])
+    assert (group_contributions(scores, partial, reference, valid) == 0).all()
+    zero = group_contributions(scores, partial, reference, valid)
+    assert np.isnan(contribution_sparsity(masks, zero, 0.9)).all()
+    with pytest.raises(ValueError, match="substrate_prediction"):
+        group_contributions(scores, partial, reference[0])
+
+
+def test_substrate_prediction_is_the_model_on_the_substrate():
+    def model(batch):
+        return torch.stack([batch.sum((1, 2, 3)) + 3.0, batch.mean((1, 2, 3))], 1)
+
+    x = torch.rand(5, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_array_equal(substrate_prediction(model, x), [[3.0, 0.0]] * 5)
+    means = substrate_prediction(model, x, "mean", max_batch=2)  # chunks of 2, 2 and 1 maps
+    np.testing.assert_allclose(means[:, 0], x.sum((1, 2, 3)).numpy() + 3.0, rtol=1e-12)
+    assert means.dtype == np.float64 and means.shape == (5, 2)
 
 
 def test_a_model_that_needs_its_maps_gets_the_map_of_every_row():

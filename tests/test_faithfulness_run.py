@@ -10,7 +10,9 @@ import xarray as xr
 from fixtures.records import read_csv_rows
 from fixtures.runs import tiny_config, write_stores
 
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.faithfulness.options import settings_of
 from cosmo_sop.faithfulness.run import DEFAULT_METHODS, faithfulness_evaluation
 from cosmo_sop.training.runs import train_backbone
 
@@ -126,6 +128,48 @@ def test_faithfulness_without_segments_skips_segment_methods(science_runs, tmp_p
     assert (tmp_path / "faithfulness.csv").is_file()
     assert not (tmp_path / "faithfulness_curves.png").exists()  # figures=False
     assert np.isfinite(table["mean"].sel(metric=["Ins", "Del"]).values).all()
+
+
+def test_faithfulness_purity_classifies_on_the_structures_smoothing(science_runs, tmp_path):
+    """Purity cells are classified on the sigma map smoothed as the structures step smooths it
+    (default: segmentation's smoothing), recorded in the store's attributes."""
+    tmp, patches, segments, explanations = science_runs
+    common = dict(methods=("sop", "saliency"), n_maps=4, n_boot=10, figures=False, seed=2)
+    tables = {
+        smoothing: faithfulness_evaluation(
+            explanations,
+            patches,
+            tmp / "backbone",
+            None,
+            tmp_path / str(smoothing),
+            segments,
+            smoothing_pixels=smoothing,
+            **common,
+        )
+        for smoothing in (0.0, 3.0)
+    }
+    assert tables[3.0].attrs["smoothing_pixels"] == 3.0
+    # not given: as the schema's defaults resolve it, segmentation.smoothing_pixels
+    default = settings_of(None, None, None, None, None, None, None, None, segments)
+    assert default.smoothing_pixels == defaults("segmentation.smoothing_pixels") == 1.0
+    purity = {k: t.score.sel(metric="purity").values for k, t in tables.items()}
+    assert not np.array_equal(purity[0.0], purity[3.0], equal_nan=True)
+    # the other metrics do not depend on it
+    others = [m for m in ROWS if m != "purity"]
+    xr.testing.assert_identical(
+        tables[0.0].score.sel(metric=others), tables[3.0].score.sel(metric=others)
+    )
+    with pytest.raises(InputError, match="smoothing_pixels"):
+        faithfulness_evaluation(
+            explanations,
+            patches,
+            tmp / "backbone",
+            None,
+            tmp_path / "bad",
+            segments,
+            smoothing_pixels=-1.0,
+            **common,
+        )
 
 
 def test_faithfulness_refuses_mismatched_models_and_options(science_runs, tmp_path):

@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from fixtures.runs import SIZE, tiny_config, write_stores
 
 from cosmo_sop.errors import InputError
+from cosmo_sop.faithfulness.ranks import contribution_sparsity, group_contributions
 from cosmo_sop.models import load_backbone, load_sop
 from cosmo_sop.training import train_sop
 
@@ -73,6 +75,25 @@ def test_loaded_sop_prediction_is_exactly_the_sum_of_its_parts(trained):
     assert metrics["groups"]["n_groups"] == 4
     assert 0 < metrics["groups"]["nonzero_groups_per_map"]["Om"] <= 4
     assert 0 < metrics["groups"]["mean_group_size"]["s8"] <= 1
+
+
+def test_sops_recorded_sparsity_is_that_of_its_groups_contributions(trained):
+    """The sparsity in test_metrics.json is the faithfulness table's: of c_i (y_i - h(0)) in
+    standardised units, h(0) the backbone on the zero map, over the test maps."""
+    tmp, patches, segments, _ = trained
+    sop = load_sop(tmp / "sop")
+    ds, seg = xr.open_zarr(patches), xr.open_zarr(segments)
+    test = np.flatnonzero(ds.split.values == "test")
+    parts = sop.explain(ds.kappa.values[test], seg.segments.values[test])
+    with torch.no_grad():
+        zero = sop.model.backbone(torch.zeros(1, *ds.kappa.shape[1:])).double().numpy()
+    contributions = group_contributions(
+        parts.scores, sop.scaler.transform(parts.partial), zero.repeat(len(test), 0), parts.valid
+    )
+    metrics = json.loads((tmp / "sop" / "test_metrics.json").read_text())["groups"]
+    mass = metrics["sparsity_mass"]
+    expected = contribution_sparsity(parts.masks, contributions, mass).mean(0)
+    np.testing.assert_allclose([metrics["sparsity"][o] for o in ("Om", "s8")], expected, atol=0.01)
 
 
 def test_segment_tokens_need_segments(trained):

@@ -198,7 +198,7 @@ def test_notebook_runs_and_finds_the_planted_voids_and_clusters(tmp_path, monkey
 
     # The printed table is the library's, on the same maps and definitions.
     definitions = parse_definitions(_notebook_definitions(nb))
-    sigma = sigma_map(explained["kappa"].values)
+    sigma = sigma_map(explained["kappa"].values, 0.0)
     membership = classify(
         group_statistics(sigma, explained["masks"].values, explained["valid"].values, definitions),
         definitions,

@@ -34,7 +34,8 @@ from cosmo_sop.report import (
 from cosmo_sop.report.inputs import read_verdicts
 from cosmo_sop.report.tables import number
 from cosmo_sop.storage import write_zarr
-from cosmo_sop.structures import classify, group_statistics, verdicts, weight_table
+from cosmo_sop.structures import assess, classify, group_statistics, verdicts, weight_table
+from cosmo_sop.structures.nulls import uniform_scores
 from cosmo_sop.structures.records import group_pixel_fractions, weights_json
 from cosmo_sop.structures.run import write_weights_csv
 
@@ -121,7 +122,13 @@ def _write_science(level: Path, rng) -> dict[str, str]:
     scores = np.zeros((n, m, 2))
     scores[:, :, 0] = [0.1, 0.6, 0.15, 0.15]
     scores[:, :, 1] = [0.6, 0.1, 0.15, 0.15]
-    table = weight_table(scores, membership, stats["valid"].values, n_boot=200)
+    valid = stats["valid"].values
+    table = weight_table(scores, membership, valid, n_boot=200)
+    # its nulls: uniform scores, and the trained scores on the groups shuffled among the maps
+    nulls = {
+        "uniform": weight_table(uniform_scores(valid, 2), membership, valid, n_boot=200),
+        "random": weight_table(scores[rng.permutation(n)], membership, valid, n_boot=200),
+    }
     # the layout of cosmo_sop.structures.run: the settings beside the verdict records
     content = {
         "outputs": NAMES,
@@ -138,7 +145,7 @@ def _write_science(level: Path, rng) -> dict[str, str]:
         "definitions": [{"name": "void", "kind": "void"}],
         "weights": weights_json(table),
         "group_pixels": group_pixel_fractions(stats, 8 * 8),
-        "verdicts": verdicts(table),
+        "verdicts": assess(verdicts(table), table, nulls),
     }
     (science / "verdicts.json").write_text(json.dumps(content))
     sentences = {r["definition"]: verdict_sentence(r, content) for r in content["verdicts"]}
@@ -309,10 +316,16 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert "/somewhere" not in page  # settings beside the verdicts are not taken for verdicts
     assert (
         "30 maps resampled in 10 blocks (by cosmology); 200 bootstrap replicates; "
-        "95 % intervals; zero-weight groups included." in page
+        "95 % intervals (percentile for the mean weights, BCa for the ratios); "
+        "zero-weight groups included." in page
     )
     assert sum("agrees with the paper" in s for s in sentences.values()) >= 2
     assert "Does this run agree with the paper?" in page
+    # both hypotheses of every class, against their own nulls, with Holm-adjusted p-values
+    assert re.search(r"selector hypothesis \(.*?\): \d of \d classes tested", page)
+    assert re.search(r"groups hypothesis \(.*?\): \d of \d classes tested", page)
+    assert "Holm p" in page and "log ratio, SOP − null" in page
+    assert "selector: finding, beyond uniform scores, trained groups (Holm p" in page
     assert re.search(r"voids \(paper: .*?\): \d+ definitions?: \d+ agree", page)
     assert "3.25" in page and "12.5" in page  # non-zero groups per map, mean size in %
     assert '<td class="num">0.71</td><td class="num">0.66</td>' in page  # SOP's purity

@@ -1,6 +1,11 @@
-"""Tests of the floor under SOP (random groups) and of SOP's error ratio to its backbone."""
+"""Tests of the floor under SOP (random groups), of SOP's error ratio to its backbone, and of
+the benchmarks' choices between variants (on validation only)."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ from test_sop import block_segments, make_inputs, make_sop
 from cosmo_sop.errors import InputError
 from cosmo_sop.models.tokens import n_kept_tokens
 from cosmo_sop.training import mse_ratio_to_backbone, random_token_sets
+from cosmo_sop.training.comparison import choose_on_validation
 from cosmo_sop.training.floor import present_tokens, random_group_floor
 
 
@@ -110,3 +116,55 @@ def test_ratio_to_backbone_and_its_cosmology_interval():
         mse_ratio_to_backbone(
             sop, {**backbone, "sample": backbone["sample"] + 1}, cosmologies, 10, 0, "b.npz"
         )
+
+
+def benchmark(name: str) -> ModuleType:
+    """A script of benchmarks/ (not a package) imported from its file."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_choose_on_validation_takes_the_lowest_and_refuses_nan():
+    assert choose_on_validation({"a": 0.4, "b": 0.3, "c": 0.3}) == "b"  # first among equals
+    with pytest.raises(ValueError, match="finite"):
+        choose_on_validation({"a": 0.4, "b": float("nan")})
+    with pytest.raises(ValueError, match="no variants"):
+        choose_on_validation({})
+
+
+def test_sop_choices_follows_validation_where_test_disagrees():
+    choices = benchmark("sop_choices")
+    # The demo's selector rows: validation prefers the paper's start (0.358 against 0.376),
+    # the test split the uniform one (0.522 against 0.537).
+    rows = {
+        "paper": {"val": {"Om": 0.220, "s8": 0.138}, "test": {"Om": 0.284, "s8": 0.253}},
+        "uniform": {"val": {"Om": 0.215, "s8": 0.161}, "test": {"Om": 0.222, "s8": 0.300}},
+    }
+    line = choices.choice(rows)
+    assert line.startswith("chosen on validation only: paper (val Om + s8 0.358")
+    assert "next: uniform 0.376" in line and "test columns took no part" in line
+    # Swapping the test numbers changes nothing; better validation numbers change the choice.
+    swapped = {
+        "paper": {**rows["paper"], "test": rows["uniform"]["test"]},
+        "uniform": {**rows["uniform"], "test": rows["paper"]["test"]},
+    }
+    assert choices.choice(swapped) == line
+    rows["uniform"]["val"] = {"Om": 0.1, "s8": 0.1}
+    assert choices.choice(rows).startswith("chosen on validation only: uniform")
+
+
+def test_sop_floor_follows_validation_where_test_disagrees():
+    floor = benchmark("sop_floor")
+
+    def scores(val: float, test: float) -> dict:
+        cells = lambda v: {c: {"Om": v, "s8": v} for c in floor.COLUMNS}  # noqa: E731
+        return {"val": cells(val), "test": cells(test)}
+
+    results = {"broad": scores(0.3, 0.5), "exact 0.2": scores(0.4, 0.1)}
+    assert floor.choice(results).startswith("chosen on validation only: broad (")
+    assert f"{6 * 0.3:.3f}" in floor.choice(results)  # 3 columns x 2 outputs, validation only
+    results["exact 0.2"] = scores(0.2, 0.9)
+    assert floor.choice(results).startswith("chosen on validation only: exact 0.2 (")

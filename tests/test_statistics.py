@@ -7,10 +7,14 @@ import pytest
 
 from cosmo_sop.errors import InputError
 from cosmo_sop.statistics import (
+    bca_interval,
     benjamini_hochberg,
     bootstrap_mean,
     bootstrap_paired_difference,
     bootstrap_ratio_of_means,
+    holm,
+    one_sided_p_value,
+    percentile_interval,
     replicate_sums,
     resample_counts,
 )
@@ -138,3 +142,33 @@ def test_benjamini_hochberg_is_the_step_up_rule_and_keeps_nan():
     adjusted = benjamini_hochberg(np.array([[0.01, 0.04], [0.03, 0.5], [np.nan, 0.2]]))
     expected = [[0.05, 0.04 * 5 / 3], [0.04 * 5 / 3, 0.5], [np.nan, 0.2 * 5 / 4]]
     np.testing.assert_allclose(adjusted, expected, rtol=1e-12)
+
+
+def test_holm_steps_down_and_keeps_nan():
+    p = np.array([0.01, 0.04, np.nan, 0.03, 0.005])
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1: 0.02, 0.03, 0.06, 0.04; running max
+    np.testing.assert_allclose(holm(p), [0.03, 0.06, np.nan, 0.06, 0.02])
+    assert holm([0.9, 0.8])[0] == 1.0  # capped at 1
+    assert holm([]).shape == (0,)
+
+
+def test_one_sided_p_value_counts_the_wrong_side():
+    replicates = np.array([-0.1, 0.2, 0.3, 0.0, np.nan, np.inf])  # 5 defined, 2 not above 0
+    assert one_sided_p_value(replicates, 1) == pytest.approx(3 / 6)
+    assert one_sided_p_value(replicates, -1) == pytest.approx(5 / 6)
+    assert np.isnan(one_sided_p_value(np.array([np.nan]), 1))
+    with pytest.raises(InputError, match="side"):
+        one_sided_p_value(replicates, 0)
+
+
+def test_bca_interval_corrects_a_biased_statistic_and_falls_back_to_percentiles():
+    rng = np.random.default_rng(3)
+    replicates = rng.lognormal(0.0, 0.5, size=(2000, 1))  # skewed, median 1
+    # an estimate above the replicates' median: the levels move up, and so does the interval
+    low, high = bca_interval(replicates, np.array([1.2]), rng.normal(1.2, 0.01, (40, 1)))
+    plain_low, plain_high = percentile_interval(replicates)
+    assert low[0] > plain_low[0] and high[0] > plain_high[0]
+    # one block (no jackknife spread) or an infinite replicate: the percentile interval
+    for jackknife in (np.ones((1, 1)), np.full((40, 1), np.inf)):
+        low, high = bca_interval(replicates, np.array([1.2]), jackknife)
+        np.testing.assert_array_equal([low, high], [plain_low, plain_high])

@@ -69,22 +69,43 @@ def planted_masks(n_maps: int) -> np.ndarray:
 
 def test_sigma_map_is_standardised_bin_combination():
     kappa = planted_maps()
-    sigma = sigma_map(kappa)
+    sigma = sigma_map(kappa, 0.0)
     assert sigma.shape == (3, SIZE, SIZE)
     np.testing.assert_allclose(sigma.mean(axis=(1, 2)), 0, atol=1e-12)
     np.testing.assert_allclose(sigma.std(axis=(1, 2)), 1, rtol=1e-12)
     # every bin weighs equally: the strongest bin alone would give a different map
-    alone = sigma_map(kappa[:, 2:])
+    alone = sigma_map(kappa[:, 2:], 0.0)
     assert not np.allclose(sigma, alone)
-    assert np.all(sigma_map(np.zeros((2, 1, 5, 5))) == 0)  # constant map: zeros, not NaN
+    assert np.all(sigma_map(np.zeros((2, 1, 5, 5)), 0.0) == 0)  # constant map: zeros, not NaN
     smoothed = sigma_map(kappa, smoothing_pixels=1.0)  # the map as segmented, still in sigma
     np.testing.assert_allclose(smoothed.std(axis=(1, 2)), 1, rtol=1e-12)
     assert np.abs(np.diff(smoothed, axis=-1)).mean() < np.abs(np.diff(sigma, axis=-1)).mean()
 
 
+def test_classification_smoothing_follows_segmentation_unless_set():
+    from cosmo_sop.config import defaults, validate_config
+    from cosmo_sop.structures import classification_smoothing
+
+    # null (the default): the segmentation's smoothing, the map that was segmented
+    assert defaults("structures.smoothing_pixels") is None
+    segmented = defaults("segmentation.smoothing_pixels")
+    assert classification_smoothing(validate_config({})) == segmented
+    assert classification_smoothing() == classification_smoothing({}) == segmented
+    config = validate_config({"segmentation": {"smoothing_pixels": 2.5}})
+    assert classification_smoothing(config) == 2.5
+    # set: its own value, whatever the segmentation's (0: the unsmoothed map)
+    for own in (0.0, 3):
+        config = validate_config(
+            {"segmentation": {"smoothing_pixels": 2.5}, "structures": {"smoothing_pixels": own}}
+        )
+        assert classification_smoothing(config) == float(own)
+    with pytest.raises(InputError, match="smoothing_pixels"):
+        validate_config({"structures": {"smoothing_pixels": -1.0}})
+
+
 def test_planted_void_and_peak_are_classified_under_every_definition():
     kappa = planted_maps()
-    stats = group_statistics(sigma_map(kappa), planted_masks(3))
+    stats = group_statistics(sigma_map(kappa, 0.0), planted_masks(3))
     member = classify(stats)
     assert member.dims == ("sample", "group", "definition")
     expected = {  # groups: void, peak, plateau, empty
@@ -112,8 +133,8 @@ def test_planted_void_and_peak_are_classified_under_every_definition():
 def test_scale_invariance():
     kappa = planted_maps(seed=3)
     masks = np.random.default_rng(1).random((3, 6, SIZE, SIZE)) < 0.3
-    a = group_statistics(sigma_map(kappa), masks)
-    b = group_statistics(sigma_map(7.0 * kappa), masks)
+    a = group_statistics(sigma_map(kappa, 0.0), masks)
+    b = group_statistics(sigma_map(7.0 * kappa, 0.0), masks)
     for name in ("mean_sigma", "fraction_above", "fraction_below"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-10, atol=1e-12)
     assert (classify(a) == classify(b)).all()
@@ -126,7 +147,9 @@ def test_threshold_list_gives_one_column_per_definition():
         {"name": "void_half", "kind": "void", "fraction_below": -0.5, "min_fraction": 0.5},
     ]
     definitions = parse_definitions(config)
-    stats = group_statistics(sigma_map(planted_maps()), planted_masks(3), definitions=definitions)
+    stats = group_statistics(
+        sigma_map(planted_maps(), 0.0), planted_masks(3), definitions=definitions
+    )
     member = classify(stats, definitions)
     assert member.shape == (3, 4, 3)
     assert list(member["definition"].values) == [c["name"] for c in config]
@@ -164,7 +187,7 @@ def test_bad_definitions_are_refused_with_the_config_key(items, message):
 
 
 def test_bad_arrays_raise_input_error():
-    sigma = sigma_map(planted_maps())
+    sigma = sigma_map(planted_maps(), 0.0)
     with pytest.raises(InputError, match="masks"):
         group_statistics(sigma, planted_masks(3)[:, :, :-1])
     with pytest.raises(InputError, match="masks"):
@@ -172,7 +195,7 @@ def test_bad_arrays_raise_input_error():
     with pytest.raises(InputError, match="valid"):
         group_statistics(sigma, planted_masks(3), valid=np.ones((3, 2), bool))
     with pytest.raises(InputError, match="kappa"):
-        sigma_map(np.full((1, 1, 4, 4), np.nan))
+        sigma_map(np.full((1, 1, 4, 4), np.nan), 0.0)
     member = classify(group_statistics(sigma, planted_masks(3)))
     with pytest.raises(InputError, match="scores"):
         weight_table(-np.ones((3, 4, 2)), member)
@@ -191,7 +214,7 @@ def membership_for(void: np.ndarray, cluster: np.ndarray):
     masks[void] = VOID
     masks[cluster] = PEAK
     masks[~void & ~cluster] = PLATEAU
-    return classify(group_statistics(sigma_map(planted_maps(n)), masks))
+    return classify(group_statistics(sigma_map(planted_maps(n), 0.0), masks))
 
 
 def test_bootstrap_ci_covers_the_true_mean_and_is_deterministic():
@@ -366,29 +389,89 @@ def test_sop_purity_all_voids_half_half_and_top_k():
 
 def test_cell_purity_of_attribution_on_the_void_and_on_both():
     kappa = planted_maps(2)
-    sigma = sigma_map(kappa)
+    sigma = sigma_map(kappa, 0.0)
     on_void = np.zeros((2, 2, SIZE, SIZE))
     on_void[:, :, VOID] = 1.0
-    np.testing.assert_allclose(cell_purity(sigma, on_void), 1.0)
-    cells = attribution_cells(on_void)
+    np.testing.assert_allclose(cell_purity(sigma, on_void, rng=0), 1.0)
+    cells = attribution_cells(on_void, rng=0)
     assert cells.max() == 4 and (cells > 0).sum() == 4 * VOID.sum()  # one cell per map and output
     on_both = np.zeros((2, 2, SIZE, SIZE))
     on_both[:, :, VOID] = 1.0
     on_both[:, :, PEAK] = -2.0  # ranked by magnitude: the peak counts too
-    np.testing.assert_allclose(cell_purity(sigma, on_both), 0.5)
-    np.testing.assert_allclose(cell_purity(sigma, on_both, absolute=False), 1.0)  # void only
+    np.testing.assert_allclose(cell_purity(sigma, on_both, rng=0), 0.5)
+    np.testing.assert_allclose(cell_purity(sigma, on_both, absolute=False, rng=0), 1.0)  # void
     # per-bin attributions are summed over bins first
     per_bin = np.repeat(on_void[:, :, None] / 3, 3, axis=2)
-    np.testing.assert_allclose(cell_purity(sigma, per_bin), 1.0)
+    np.testing.assert_allclose(cell_purity(sigma, per_bin, rng=0), 1.0)
 
 
 def test_cells_never_span_two_maps():
     attributions = np.zeros((2, 1, 6, 6))
     attributions[:, :, 2:4, 2:4] = 1.0  # the same pixels in both maps
-    cells = attribution_cells(attributions, top_fraction=0.2)
+    cells = attribution_cells(attributions, top_fraction=0.2, rng=0)
     assert set(np.unique(cells[0])) == {0, 1} and set(np.unique(cells[1])) == {0, 2}
     stats = cell_statistics(np.zeros((2, 6, 6)), cells)
     assert list(stats["sample"].values) == [0, 1] and list(stats["pixels"].values) == [4, 4]
+
+
+def test_tied_pixels_are_cut_at_random_not_in_raster_order():
+    """All-equal importances (SOP's pixel importance is constant over its groups): the top
+    20 % are spread over the rows, not the upper rows raster order would take."""
+    n_maps, size = 300, 20
+    flat = np.ones((n_maps, 2, size, size))
+    cells = attribution_cells(flat, top_fraction=0.2, rng=7)
+    chosen = cells > 0
+    assert (chosen.sum(axis=(2, 3)) == 80).all()
+    rows = np.nonzero(chosen)[2]
+    # raster order would give a mean row of 1.5; a uniform draw (size - 1) / 2 = 9.5, with a
+    # standard error of about 0.03 over these 48000 pixels
+    assert abs(rows.mean() - (size - 1) / 2) < 0.2
+    per_row = chosen.mean(axis=(0, 1, 3))  # every row holds about 20 % of its pixels
+    assert per_row.min() > 0.17 and per_row.max() < 0.23
+    # deterministic under the seed (an int or a Generator seeded by it), different across seeds
+    np.testing.assert_array_equal(attribution_cells(flat, top_fraction=0.2, rng=7), cells)
+    generator = np.random.default_rng(7)
+    np.testing.assert_array_equal(attribution_cells(flat, top_fraction=0.2, rng=generator), cells)
+    assert ((attribution_cells(flat, top_fraction=0.2, rng=8) > 0) != chosen).any()
+    with pytest.raises(InputError, match="'rng'"):
+        attribution_cells(flat, rng=None)
+
+
+def test_ties_break_only_at_the_cut_and_untied_cuts_are_unchanged():
+    rng = np.random.default_rng(3)
+    size = 10  # 20 top pixels of 100
+    # untied: the same top pixels under any seed, those of a plain sort
+    untied = rng.standard_normal((4, 2, size, size))
+    expected = np.zeros(untied.shape, bool).reshape(8, -1)
+    order = np.argsort(-np.abs(untied).reshape(8, -1), axis=-1, kind="stable")[:, :20]
+    np.put_along_axis(expected, order, True, axis=-1)
+    for seed in (0, 1, 2):
+        chosen = attribution_cells(untied, top_fraction=0.2, rng=seed) > 0
+        np.testing.assert_array_equal(chosen.reshape(8, -1), expected)
+    # SOP-like levels: 12 pixels above the cut are always in, 8 of the 50 tied at the cut are
+    # drawn, the rest never
+    levels = np.zeros((50, 1, size, size))
+    levels[:, :, :2, :6] = 3.0  # 12 pixels
+    levels[:, :, 5:, :] = 1.0  # 50 pixels tied at the cut
+    chosen = attribution_cells(levels, top_fraction=0.2, rng=0) > 0
+    assert chosen[:, :, :2, :6].all() and not chosen[:, :, 2:5].any()
+    assert (chosen[:, :, 5:].sum(axis=(2, 3)) == 8).all()
+    assert len({c.tobytes() for c in chosen[:, 0, 5:]}) > 40  # a fresh draw per map
+
+
+def test_cell_purity_ties_do_not_depend_on_the_chunks(monkeypatch):
+    """A seed or a Generator passed through chunks cuts as one call on all the maps."""
+    import cosmo_sop.structures.purity as purity_module
+
+    rng = np.random.default_rng(4)
+    sigma = sigma_map(rng.standard_normal((10, 1, 12, 12)), 0.0)
+    tied = np.round(rng.random((10, 2, 12, 12)), 1)  # 11 levels: many ties at the cut
+    whole = cell_purity(sigma, tied, rng=5)
+    monkeypatch.setattr(purity_module, "CELL_MAPS_PER_CHUNK", 3)
+    np.testing.assert_array_equal(cell_purity(sigma, tied, rng=5), whole)
+    generator = np.random.default_rng(5)  # through two calls on consecutive maps
+    halves = [cell_purity(sigma[p], tied[p], rng=generator) for p in (slice(0, 4), slice(4, 10))]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
 
 
 # ------------------------------------------------------------------------------------------
@@ -401,7 +484,7 @@ def test_vectorised_statistics_equal_loops():
     kappa = rng.standard_normal((n, 2, size, size))
     masks = rng.random((n, m, size, size)) < 0.3
     masks[1, 2] = False
-    sigma = sigma_map(kappa)
+    sigma = sigma_map(kappa, 0.0)
     stats = group_statistics(sigma, masks)
     for i in range(n):
         for g in range(m):
@@ -420,7 +503,7 @@ def test_vectorised_statistics_equal_loops():
 
     # cells: per-map skimage labelling of the top 20 % pixels, by brute force
     attributions = rng.standard_normal((n, 2, size, size))
-    cells = attribution_cells(attributions, top_fraction=0.2)
+    cells = attribution_cells(attributions, top_fraction=0.2, rng=0)
     stats = cell_statistics(sigma, cells)
     n_top = int(np.ceil(0.2 * size * size))
     expected_means = []
@@ -435,7 +518,7 @@ def test_vectorised_statistics_equal_loops():
             expected_means += [sigma[i][pieces == c].mean() for c in range(1, pieces.max() + 1)]
     # cells come out map by map in raster order of their first pixel, as skimage numbers them
     np.testing.assert_allclose(stats["mean_sigma"].values, expected_means, rtol=1e-12)
-    purity = cell_purity(sigma, attributions)
+    purity = cell_purity(sigma, attributions, rng=0)
     for i in range(n):
         for o in range(2):
             chosen = stats["sample"].values * 2 + stats["output"].values == i * 2 + o
@@ -489,14 +572,27 @@ def test_figures_are_written_atomically(tmp_path):
     assert out.stat().st_size > 10_000 and (tmp_path / "weights.pdf").stat().st_size > 1_000
     kappa = planted_maps(1)[0]
     masks = planted_masks(1)[0]
-    labels = group_labels(classify(group_statistics(sigma_map(kappa[None]), masks[None])))[0]
+    labels = group_labels(classify(group_statistics(sigma_map(kappa[None], 0.0), masks[None])))[0]
     group_scores = np.array([[0.7, 0.2], [0.1, 0.7], [0.2, 0.1], [0.0, 0.0]])
     out = plot_groups(
-        kappa, masks, group_scores, labels, tmp_path / "groups.png", pixel_scale_arcmin=13.7
+        kappa,
+        masks,
+        group_scores,
+        labels,
+        tmp_path / "groups.png",
+        pixel_scale_arcmin=13.7,
+        smoothing_pixels=0.0,
     )
     assert out.stat().st_size > 10_000 and (tmp_path / "groups.pdf").exists()
     with pytest.raises(InputError, match="labels"):
-        plot_groups(kappa, masks, group_scores, ["void", "halo", "", ""], tmp_path / "bad.png")
+        plot_groups(
+            kappa,
+            masks,
+            group_scores,
+            ["void", "halo", "", ""],
+            tmp_path / "bad.png",
+            smoothing_pixels=0.0,
+        )
     assert not list(tmp_path.glob("bad*")) and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -506,8 +602,10 @@ def test_a_zero_width_interval_is_never_a_verdict():
     having been estimated (seen on the halo mock's stage-3 level: 2 cluster groups)."""
     from cosmo_sop.structures.weights import _outcome
 
-    assert _outcome(2, 0.568, 0.568, 0.568, "s8", ["Om", "s8"]) == "inconclusive"
-    assert _outcome(40, 0.568, 0.5, 0.6, "s8", ["Om", "s8"]) == "agrees"
+    assert _outcome(2, 1, 0.568, 0.568, 0.568, "s8", ["Om", "s8"]) == "inconclusive"
+    assert _outcome(40, 12, 0.568, 0.5, 0.6, "s8", ["Om", "s8"]) == "agrees"
+    # the same weights in every map of 12 cosmologies: a ratio that never varies is a verdict
+    assert _outcome(40, 12, 0.568, 0.568, 0.568, "s8", ["Om", "s8"]) == "agrees"
 
 
 def test_a_verdict_records_its_contributing_cosmologies_and_dropped_resamples():
@@ -577,7 +675,7 @@ def test_the_mean_bound_is_each_groups_own():
     masks = np.zeros((20, 2, SIZE, SIZE), bool)
     masks[:, 0, :8] = True  # 20 % of the pixels
     masks[:, 1, :10] = True  # 25 %
-    stats = group_statistics(sigma_map(planted_maps(20)), masks)
+    stats = group_statistics(sigma_map(planted_maps(20), 0.0), masks)
     shares = group_pixel_fractions(stats, SIZE * SIZE)
     assert shares["p05"] == pytest.approx(0.2) and shares["p95"] == pytest.approx(0.25)
     assert shares["bound_high"] == pytest.approx(2.0) and shares["bound_low"] == pytest.approx(

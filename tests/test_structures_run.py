@@ -12,7 +12,7 @@ from fixtures.runs import write_stores
 
 from cosmo_sop.config import validate_config
 from cosmo_sop.errors import InputError
-from cosmo_sop.structures import DEFAULT_DEFINITIONS, sigma_map
+from cosmo_sop.structures import DEFAULT_DEFINITIONS, classify, group_statistics, sigma_map
 from cosmo_sop.structures.run import run
 
 
@@ -23,7 +23,8 @@ def _config(seed: int = 0, **structures) -> dict:
 
 def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tmp_path):
     tmp, patches, segments, explanations = science_runs
-    config = _config(seed=1, n_boot=200, min_blocks=4)  # the tiny stores' 4 test cosmologies
+    # the tiny stores' 4 test cosmologies; every null, the optional initial SOP too
+    config = _config(seed=1, n_boot=200, min_blocks=4, nulls=["initial", "uniform", "random"])
     result = run(
         config, explanations=explanations, patches=patches, out_dir=tmp_path, segments=segments
     )
@@ -45,10 +46,11 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
     ]
 
     # The void weights, recomputed here from the stores: sigma map of the explained maps' kappa,
-    # a group is a void when its mean is below 0 sigma.
+    # smoothed as segmentation smooths (structures.smoothing_pixels null by default), a group is
+    # a void when its mean is below 0 sigma.
     ds = xr.open_zarr(explanations)
     kappa = xr.open_zarr(patches).kappa.values[ds.store_index.values]
-    sigma = sigma_map(kappa)
+    sigma = sigma_map(kappa, config["segmentation"]["smoothing_pixels"])
     masks, valid, scores = ds.masks.values, ds.valid.values, ds.scores.values
     mean = (masks * sigma[:, None]).sum((2, 3)) / np.maximum(masks.sum((2, 3)), 1)
     void = valid & (masks.sum((2, 3)) > 0) & (mean < 0)
@@ -72,6 +74,7 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
     assert isinstance(void["ratio"], float)
     assert void["outcome"] in ("agrees", "disagrees", "inconclusive")
     assert saved["outputs"] == ["Om", "s8"] and saved["confidence"] == 0.95
+    assert saved["smoothing_pixels"] == config["segmentation"]["smoothing_pixels"] == 1.0
     # the default bootstrap resamples whole cosmologies, and verdicts.json says so
     assert (saved["n_boot"], saved["seed"], saved["bootstrap_blocks"]) == (200, 1, "cosmology")
     assert saved["min_blocks"] == 4 and void["n_contributing"] == 4
@@ -81,14 +84,24 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
     shares = saved["group_pixels"]
     assert shares["p05"] == shares["median"] == shares["p95"] == 0.25
     assert shares["bound_low"] == shares["bound_high"] == pytest.approx(3**0.5)
-    # every verdict carries the three nulls; uniform scores weigh Om and s8 alike (ratio 1)
+    # every verdict carries the three nulls and both hypotheses; a finding is a Holm-adjusted
+    # one-sided p below 0.05 on the paper's side, tested against the hypothesis's own null
     assert saved["nulls"] == ["initial", "uniform", "random"]
     for record in saved["verdicts"]:
         assert set(record["nulls"]) == {"initial", "uniform", "random"}
+        assert set(record["hypotheses"]) == {"selector", "groups"}
         assert isinstance(record["finding"], bool)
-        if record["finding"]:
-            assert record["outcome"] in ("agrees", "disagrees")
-            assert all(n["excluded"] for n in record["nulls"].values())
+        assert record["finding"] == record["hypotheses"]["selector"]["finding"]
+        for hypothesis in record["hypotheses"].values():
+            if hypothesis["finding"]:
+                assert hypothesis["p_adjusted"] < 0.05
+                assert hypothesis["p_adjusted"] >= hypothesis["p_value"]
+    assert cluster["hypotheses"]["selector"]["untested"] == "no verdict (no_groups)"
+    if void["outcome"] != "too_few":
+        test = void["nulls"]["uniform"]["test"]
+        # uniform scores give a log ratio of exactly 0 in every replicate
+        assert test["difference"] == pytest.approx(np.log(void["ratio"]))
+        assert test["n_replicates"] == 200
     assert void["nulls"]["uniform"]["ratio"] == pytest.approx(1.0)
     assert void["nulls"]["uniform"]["n_groups"] == void["n_groups"]
     assert set(saved["null_weights"]) == {"initial", "uniform", "random"}
@@ -119,6 +132,38 @@ def test_structure_analysis_with_own_definitions_and_cosmology_blocks(science_ru
     with pytest.raises(InputError, match="'cluster_authors'"):
         config = _config(definitions=definitions[:1], n_boot=10)
         run(config, explanations=explanations, patches=patches, out_dir=tmp_path)
+
+
+def test_structure_analysis_classifies_on_the_map_smoothed_as_segmented(science_runs, tmp_path):
+    """Groups are classified on the sigma map smoothed by structures.smoothing_pixels, null:
+    by segmentation.smoothing_pixels; verdicts.json records the value used."""
+    _, patches, _, explanations = science_runs
+    ds = xr.open_zarr(explanations)
+    kappa = xr.open_zarr(patches).kappa.values[ds.store_index.values]
+    structures = {"n_boot": 10, "nulls": []}
+    configs = {
+        0.0: _config(**structures, smoothing_pixels=0.0),  # unsmoothed, whatever segmentation's
+        3.0: validate_config(  # null: follows the segmentation's smoothing
+            {"seed": 0, "segmentation": {"smoothing_pixels": 3.0}, "structures": structures}
+        ),
+    }
+    counts = {}
+    for smoothing, config in configs.items():
+        out = tmp_path / str(smoothing)
+        run(config, explanations=explanations, patches=patches, out_dir=out, n_examples=0)
+        assert json.loads((out / "verdicts.json").read_text())["smoothing_pixels"] == smoothing
+        stats = group_statistics(sigma_map(kappa, smoothing), ds.masks.values, ds.valid.values)
+        expected = (classify(stats) & stats["valid"]).sum(("sample", "group"))
+        counts[smoothing] = {
+            r["definition"]: int(r["n_groups"])
+            for r in read_csv_rows(out / "weights.csv")
+            if r["output"] == "Om"
+        }
+        assert counts[smoothing] == {
+            str(d): int(n) for d, n in zip(expected["definition"].values, expected.values)
+        }
+    # smoothing moves groups between classes
+    assert counts[0.0] != counts[3.0]
 
 
 def test_structure_analysis_refuses_another_patch_store(science_runs, tmp_path):

@@ -7,7 +7,7 @@ sparsity of group attributions, all in one stream of model calls
 (:mod:`~cosmo_sop.faithfulness.metrics`, on the engine of :mod:`~cosmo_sop.faithfulness.engine`),
 with their records (:mod:`~cosmo_sop.faithfulness.results`), the substrates and rankings they
 perturb with (:mod:`~cosmo_sop.faithfulness.ranks`: |attribution| ranking, seeded ties, per-token
-aggregation, sparsity), the table of several methods with its CSV
+aggregation, sparsity, SOP's groups' contributions), the table of several methods with its CSV
 (:mod:`~cosmo_sop.faithfulness.table`) and the per-map scores with their cosmology-bootstrap
 summary (:mod:`~cosmo_sop.faithfulness.summary`). The workflow's ``faithfulness`` step, which scores SOP
 against the baselines of :mod:`cosmo_sop.attribution`, is :mod:`cosmo_sop.faithfulness.run`
@@ -26,6 +26,8 @@ from cosmo_sop.faithfulness.metrics import (
     sop_sparsity,
 )
 from cosmo_sop.faithfulness.ranks import (
+    contribution_sparsity,
+    group_contributions,
     group_scores_from_importance,
     mass_fraction,
     pixel_ranks,
@@ -47,7 +49,7 @@ from cosmo_sop.faithfulness.results import (
     Sparsity,
     kept_mse_name,
 )
-from cosmo_sop.faithfulness.substrates import make_substrate
+from cosmo_sop.faithfulness.substrates import make_substrate, substrate_prediction
 from cosmo_sop.faithfulness.summary import Entry, per_map_scores, summarise, write_summary_csv
 from cosmo_sop.faithfulness.table import faithfulness_table, write_table_csv
 
@@ -66,8 +68,10 @@ __all__ = [
     "CurvePair",
     "KeptFeatures",
     "Sparsity",
+    "contribution_sparsity",
     "faithfulness_metrics",
     "faithfulness_table",
+    "group_contributions",
     "group_scores_from_importance",
     "grouped_insertion_deletion",
     "insertion_deletion",
@@ -79,6 +83,7 @@ __all__ = [
     "pixel_ranks",
     "ranking_importance",
     "sop_sparsity",
+    "substrate_prediction",
     "summarise",
     "tie_order",
     "token_aggregate",

@@ -14,7 +14,9 @@ different methods and maps share one scale: insertion runs from 1 to 0 and delet
 error by the map-mean e(0); ``"map"`` divides every map by its own e(0) and then averages, which
 weights maps equally but is unstable for maps whose prediction is close to the substrate's (a
 standardised prediction near the training mean: e(0) -> 0, ratios unbounded; maps with
-e(0) = 0 are left out). AUCs use the trapezoid rule over the positions.
+e(0) = 0 are left out). A map's AUC uses the trapezoid rule over the positions, or over the
+map's own axis where a curve has one (the grouped curves: each map's fraction of pixels
+changed); the AUC of a curve is the mean of its maps' AUCs.
 """
 
 from __future__ import annotations
@@ -152,8 +154,13 @@ class Scoring:
         position: np.ndarray,
         predictions: np.ndarray,
         pixel_fraction: np.ndarray,
+        area_over: np.ndarray | None = None,
     ) -> Curve:
-        """Score (N, S, n_outputs) predictions of perturbed inputs as a :class:`Curve`."""
+        """Score (N, S, n_outputs) predictions of perturbed inputs as a :class:`Curve`.
+
+        ``area_over`` (N, S), increasing along S, is every map's own axis for its AUC; None:
+        the shared ``position`` (S,).
+        """
         prediction = predictions[..., output]
         target = self.target(output)
         error = error_of(prediction - target[:, None], self.error)
@@ -169,14 +176,16 @@ class Scoring:
             per_map = error / pooled if pooled > 0 else np.full_like(error, np.nan)
         kept = ~np.isnan(per_map).any(axis=1)
         mean = per_map[kept].mean(axis=0) if kept.any() else np.full(position.shape, np.nan)
+        map_auc = np.trapezoid(per_map, position if area_over is None else area_over, axis=1)
         return Curve(
             kind=kind,
             output=output,
             position=position,
             curve=mean,
             per_map=per_map,
-            auc=float(np.trapezoid(mean, position)),
-            map_auc=np.trapezoid(per_map, position, axis=1),
+            # The map mean of the AUCs: equal to the area under the mean curve on a shared axis.
+            auc=float(map_auc[kept].mean()) if kept.any() else float("nan"),
+            map_auc=map_auc,
             error=error,
             scale=scale,
             prediction=prediction,

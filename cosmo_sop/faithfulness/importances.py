@@ -1,4 +1,4 @@
-"""What every method ranks by, at the pixel and the token resolution, and its sparsity map.
+"""What every method ranks by, at the pixel and the token resolution.
 
 - SOP ranks a pixel by the summed |weights| of the groups holding it
   (:func:`~cosmo_sop.attribution.registry.group_pixel_importance` of |c|): constant over SOP's
@@ -8,10 +8,10 @@
   variant gives every pixel of a token the token's mean (or sum) of that
   (:func:`~cosmo_sop.faithfulness.ranks.token_aggregate`), the tokens being the cells of SOP's
   patch grid or the watershed segments SOP groups (:func:`token_map`).
-- Sparsity maps (:func:`sop_sparsity_map`; a baseline's is its ranking map): SOP's pixel
-  attribution is the sum over the groups holding the pixel of |c_i y_i|, c_i the group weight
-  and y_i its partial prediction (physical units), i.e. the group's contribution to the
-  prediction, which is what a baseline's attribution measures.
+
+A baseline's sparsity is taken of its ranking map; SOP's of its groups' contributions
+c_i (y_i - h(s)) (:func:`~cosmo_sop.faithfulness.ranks.group_contributions`), not of the
+ranking map of its weights.
 """
 
 from __future__ import annotations
@@ -51,19 +51,6 @@ def sop_importance(maps: Maps) -> np.ndarray:
     return np.stack(
         [
             group_pixel_importance(maps.masks, weights[..., o]).numpy()
-            for o in range(len(maps.outputs))
-        ],
-        axis=1,
-    )
-
-
-def sop_sparsity_map(maps: Maps, partial: np.ndarray) -> np.ndarray:
-    """SOP's pixel attribution for sparsity (N, n_outputs, H, W): sum of |c_i y_i| over the
-    groups holding the pixel (``partial`` (N, m, n_outputs) in physical units)."""
-    contribution = np.where(maps.valid[..., None], np.abs(maps.scores * partial), 0.0)
-    return np.stack(
-        [
-            group_pixel_importance(maps.masks, contribution[..., o]).numpy()
             for o in range(len(maps.outputs))
         ],
         axis=1,

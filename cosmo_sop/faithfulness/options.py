@@ -17,7 +17,12 @@ from typing import Any
 from cosmo_sop.attribution.registry import METHODS, SOP
 from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.structures.definitions import StructureDefinition, checked_definitions
+from cosmo_sop.structures.classes import classification_smoothing
+from cosmo_sop.structures.definitions import (
+    StructureDefinition,
+    checked_definitions,
+    is_finite_number,
+)
 
 #: Methods compared by default: the config schema's ``evaluation.methods`` (SOP and every
 #: baseline of :data:`~cosmo_sop.attribution.METHODS`).
@@ -43,6 +48,8 @@ class Settings:
     sparsity_mass: float
     n_fractions: int
     own_model: bool
+    #: Gaussian sigma (pixels) of the sigma map the purity cells are classified on.
+    smoothing_pixels: float
 
 
 def settings_of(
@@ -55,13 +62,16 @@ def settings_of(
     definitions: Sequence[Mapping[str, Any] | StructureDefinition] | None,
     n_boot: int | None,
     segments_store: str | os.PathLike | None,
+    smoothing_pixels: float | None = None,
     **scoring: Any,
 ) -> Settings:
     """The options of :func:`~cosmo_sop.faithfulness.run.faithfulness_evaluation`, checked,
     None filled with the schema's default; the methods that need the segments store are
     skipped, with a warning, without it. ``scoring`` holds the other keys of ``evaluation``
     (``ranking``, ``token_reduce``, ``sparsity_mass``, ``n_fractions``, ``own_model``), None
-    for the schema's default; ``n_boot`` is ``evaluation.n_boot``.
+    for the schema's default; ``n_boot`` is ``evaluation.n_boot``; ``smoothing_pixels`` is
+    the structures step's (None: as the schema's defaults resolve it,
+    :func:`~cosmo_sop.structures.classes.classification_smoothing`).
 
     Raises
     ------
@@ -98,7 +108,19 @@ def settings_of(
         definitions=definitions,
         n_boot=evaluation["n_boot"] if n_boot is None else n_boot,
         **_scoring(evaluation, scoring),
+        smoothing_pixels=_smoothing(smoothing_pixels),
     )
+
+
+def _smoothing(smoothing_pixels: float | None) -> float:
+    """The purity cells' smoothing, checked; None: the schema's defaults resolved."""
+    if smoothing_pixels is None:
+        return classification_smoothing()
+    if not is_finite_number(smoothing_pixels) or smoothing_pixels < 0:
+        raise InputError(
+            "argument 'smoothing_pixels'", f"must be a finite number >= 0, got {smoothing_pixels!r}"
+        )
+    return float(smoothing_pixels)
 
 
 def _scoring(evaluation: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:

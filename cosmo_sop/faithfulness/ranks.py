@@ -6,8 +6,10 @@ random order of the pixels, never by raster order, which would insert the top ro
 importance a method ranks by is the magnitude of its attribution summed over bins
 (:func:`ranking_importance`, ``"absolute"``; ``"signed"`` as an option), optionally aggregated to
 SOP's tokens (:func:`token_aggregate`); sparsity is one definition for every method
-(:func:`mass_fraction`). The groups of a method that does not score groups itself are ordered
-by the importance inside them.
+(:func:`mass_fraction`), SOP's taken of its groups' contributions to the prediction
+(:func:`group_contributions`, :func:`contribution_sparsity`), the quantity a baseline's
+attribution measures. The groups of a method that does not score groups itself are ordered by
+the importance inside them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cosmo_sop.attribution.registry import group_pixel_importance
 from cosmo_sop.faithfulness.inputs import check_choice
 
 GroupReduce = Literal["mean", "sum"]
@@ -185,3 +188,82 @@ def mass_fraction(importance: Tensor | np.ndarray, mass: float) -> np.ndarray:
     needed = (short.sum(1) + 1).clamp(max=flat.shape[1]).to(torch.float64)
     fraction = (needed / flat.shape[1]).numpy()
     return np.where(total[:, 0].numpy() > 0, fraction, np.nan)
+
+
+def group_contributions(
+    scores: Tensor | np.ndarray,
+    partial: Tensor | np.ndarray,
+    substrate_prediction: Tensor | np.ndarray,
+    valid: Tensor | np.ndarray | None = None,
+) -> Tensor:
+    """SOP's contribution of every group to every output: c_i (y_i - h(s)).
+
+    The weights c_i of an output sum to 1 over the groups, so the contributions sum to
+    f_SOP(x) - h(s), as Integrated Gradients' attributions sum to f(x) - f(0): the quantity,
+    and the units, of a baseline's attribution. (|c_i y_i| counted the distance of every partial
+    prediction from 0, so an output whose substrate prediction h(s) is not 0 gave every group
+    importance by that offset alone.)
+
+    Parameters
+    ----------
+    scores
+        (N, m, n_outputs) group weights c >= 0 (``Explanation.scores``).
+    partial
+        (N, m, n_outputs) y_i = h(g_i x), the backbone on each group's pixels alone (the
+        substrate elsewhere), standardised units (``Explanation.partial``).
+    substrate_prediction
+        (N, n_outputs) h(s), the backbone on the substrate alone, standardised units
+        (:func:`~cosmo_sop.faithfulness.substrates.substrate_prediction`).
+    valid
+        bool (N, m) or None (all valid); invalid groups contribute 0.
+
+    Returns
+    -------
+    Tensor
+        float64 (N, m, n_outputs), standardised units.
+    """
+    scores = torch.as_tensor(scores).to(torch.float64)
+    partial = torch.as_tensor(partial, device=scores.device).to(torch.float64)
+    reference = torch.as_tensor(substrate_prediction, device=scores.device).to(torch.float64)
+    per_map = (scores.shape[0], scores.shape[-1])
+    if scores.ndim != 3 or partial.shape != scores.shape or reference.shape != per_map:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and partial {tuple(partial.shape)} must be "
+            f"(N, m, n_outputs) and substrate_prediction {tuple(reference.shape)} (N, n_outputs)"
+        )
+    contribution = scores * (partial - reference[:, None, :])
+    if valid is not None:
+        valid = torch.as_tensor(valid, device=scores.device).to(torch.bool)
+        contribution = contribution.masked_fill(~valid[:, :, None], 0.0)
+    return contribution
+
+
+def contribution_sparsity(
+    masks: Tensor | np.ndarray, contributions: Tensor | np.ndarray, mass: float
+) -> np.ndarray:
+    """SOP's sparsity per map and output: :func:`mass_fraction` of its pixel attribution.
+
+    A pixel's attribution is the sum of |contribution| over the groups holding it.
+
+    Parameters
+    ----------
+    masks
+        bool (N, m, H, W) group masks.
+    contributions
+        (N, m, n_outputs) from :func:`group_contributions`.
+    mass
+        As in :func:`mass_fraction`.
+
+    Returns
+    -------
+    ndarray
+        float64 (N, n_outputs) in (0, 1]; NaN where a map's contributions are all 0.
+    """
+    contributions = torch.as_tensor(contributions).abs()
+    return np.stack(
+        [
+            mass_fraction(group_pixel_importance(masks, contributions[..., o]), mass)
+            for o in range(contributions.shape[-1])
+        ],
+        axis=1,
+    )

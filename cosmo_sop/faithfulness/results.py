@@ -44,16 +44,19 @@ class Curve:
     output : int
         Output column scored.
     position : ndarray
-        (S,), in [0, 1]: the fraction of pixels (pixel curves) or of group steps, step / m
-        (grouped curves), changed. The AUC is taken over it.
+        (S,), in [0, 1]: the fraction of pixels changed (pixel curves), or its map mean after
+        each group step (grouped curves, whose maps' AUCs are taken over their own
+        ``pixel_fraction``).
     curve : ndarray
         (S,), the normalised error averaged over maps (NaN-maps left out).
     per_map : ndarray
         (N, S), normalised error of every map; its NaN-aware map mean is ``curve``.
     auc : float
-        Trapezoid area under ``curve`` over ``position``.
+        Mean of ``map_auc`` over the maps kept: for pixel curves the trapezoid area under
+        ``curve`` over ``position``.
     map_auc : ndarray
-        (N,), area under every map's curve (for error bars); NaN for left-out maps.
+        (N,), trapezoid area under every map's curve over ``position`` (pixel curves) or over
+        the map's ``pixel_fraction`` (grouped curves); NaN for left-out maps.
     error : ndarray
         (N, S), unnormalised error |f_o(x_k) - reference| (or squared), standardised units.
     scale : ndarray

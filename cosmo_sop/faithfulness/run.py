@@ -16,7 +16,10 @@ Metrics: the MSE of the scoring model fed only its top 20 % of pixels, insertion
 backbone only; a token entry's group order equals its pixel entry's under ``mean``
 aggregation, so it is copied), purity (:mod:`cosmo_sop.structures.purity`) and sparsity (the
 fraction of pixels holding ``evaluation.sparsity_mass`` of the |attribution| mass, the same
-definition for all). Pixels are set to 0 (kappa's mean). Outputs in the science folder
+definition for all: a baseline's attribution to the backbone's standardised output, SOP's the
+contributions c_i (y_i - h(0)) of the groups holding a pixel, in the same units and from the
+same zero map, :func:`~cosmo_sop.faithfulness.ranks.group_contributions`). Pixels are set to 0
+(kappa's mean, :data:`SUBSTRATE`). Outputs in the science folder
 (:mod:`cosmo_sop.layout`):
 
 - ``faithfulness.zarr``: ``score`` (sample, entry, metric, output), the per-map scores, with the
@@ -26,7 +29,8 @@ definition for all). Pixels are set to 0 (kappa's mean). Outputs in the science 
   (Benjamini–Hochberg over the table), from a bootstrap over cosmologies
   (:mod:`cosmo_sop.statistics`); coordinates ``method``, ``resolution``, ``scorer`` (entry) and
   ``better`` (metric). Attributes: ``n_maps``, ``n_cosmologies``, ``multiplicity``, ``n_boot``,
-  ``seed``, ``keep_fraction``, ``ranking``, ``token_reduce``, ``sparsity_mass``, ``skipped``,
+  ``seed``, ``keep_fraction``, ``ranking``, ``token_reduce``, ``sparsity_mass``,
+  ``smoothing_pixels`` (of the sigma map purity classifies on), ``skipped``,
   ``method_options``, ``noise_level``, ``explanations_store``, ``backbone_dir``;
 - ``faithfulness.csv``: the summary, one row per entry, output and metric
   (:func:`~cosmo_sop.faithfulness.summary.write_summary_csv`), ``significant`` where the
@@ -50,13 +54,17 @@ from cosmo_sop.explain import open_explanations, patches_for
 from cosmo_sop.faithfulness.importances import (
     baseline_importance,
     sop_importance,
-    sop_sparsity_map,
     token_map,
 )
 from cosmo_sop.faithfulness.loading import ChannelsLast, Maps, SOPScorer, chosen_maps, load_models
 from cosmo_sop.faithfulness.metrics import faithfulness_metrics
 from cosmo_sop.faithfulness.options import DEFAULT_METHODS, Settings, settings_of
-from cosmo_sop.faithfulness.ranks import mass_fraction, token_aggregate
+from cosmo_sop.faithfulness.ranks import (
+    contribution_sparsity,
+    group_contributions,
+    mass_fraction,
+    token_aggregate,
+)
 from cosmo_sop.faithfulness.results import (
     DELETION,
     GROUPED_DELETION,
@@ -65,6 +73,7 @@ from cosmo_sop.faithfulness.results import (
     SPARSITY,
     kept_mse_name,
 )
+from cosmo_sop.faithfulness.substrates import SubstrateKind, substrate_prediction
 from cosmo_sop.faithfulness.summary import (
     BACKBONE,
     PIXEL,
@@ -80,14 +89,18 @@ from cosmo_sop.faithfulness.summary import (
 from cosmo_sop.figures.faithfulness import plot_curves
 from cosmo_sop.layout import FAITHFULNESS_CSV, FAITHFULNESS_CURVES, FAITHFULNESS_STORE, PURITY_CSV
 from cosmo_sop.storage import json_text, write_zarr
-from cosmo_sop.structures.classes import sigma_map
+from cosmo_sop.structures.cells import TIE_STREAM
+from cosmo_sop.structures.classes import classification_smoothing, sigma_map
 from cosmo_sop.structures.definitions import StructureDefinition
 from cosmo_sop.structures.purity import cell_purity
+from cosmo_sop.training.loop import derived_seed
 
 __all__ = ["DEFAULT_METHODS", "faithfulness_evaluation", "run"]
 
 PURITY = "purity"
 GROUPED = (GROUPED_INSERTION, GROUPED_DELETION)
+#: What removed pixels become: the zero map, which SOP masks with and the baselines start from.
+SUBSTRATE: SubstrateKind = "zero"
 
 
 def run(
@@ -104,8 +117,9 @@ def run(
     """The ``faithfulness`` step of the workflow (see :func:`faithfulness_evaluation`).
 
     ``config`` is the validated workflow config: its ``evaluation`` section,
-    ``structures.definitions`` (for purity) and the master ``seed``. ``sop`` is the SOP run
-    folder (default: the one the explanation store names).
+    ``structures.definitions`` and the structures step's smoothing (for purity, see
+    :func:`~cosmo_sop.structures.classes.classification_smoothing`) and the master ``seed``.
+    ``sop`` is the SOP run folder (default: the one the explanation store names).
     """
     evaluation = config["evaluation"]
     keys = ("ranking", "token_reduce", "sparsity_mass", "n_fractions", "own_model")
@@ -125,6 +139,7 @@ def run(
         definitions=config["structures"]["definitions"],
         n_boot=evaluation["n_boot"],
         sop_dir=sop,
+        smoothing_pixels=classification_smoothing(config),
         **{k: evaluation[k] for k in keys},
     )
 
@@ -145,6 +160,7 @@ def faithfulness_evaluation(
     definitions: Sequence[Mapping[str, Any] | StructureDefinition] | None = None,
     n_boot: int | None = None,
     sop_dir: str | os.PathLike | None = None,
+    smoothing_pixels: float | None = None,
     maps_per_call: int = 16,
     max_batch: int = 512,
     figures: bool = True,
@@ -169,6 +185,9 @@ def faithfulness_evaluation(
         Folder for the outputs (created).
     method_options
         Method -> keyword options of :func:`~cosmo_sop.attribution.attribute`.
+    smoothing_pixels
+        Gaussian sigma (pixels) of the sigma map the purity cells are classified on, as in the
+        structures step (None: the schema's defaults, i.e. segmentation's smoothing).
     maps_per_call, max_batch
         Maps per attribution call, perturbed maps per model call (both bound memory).
     figures
@@ -189,6 +208,7 @@ def faithfulness_evaluation(
         definitions,
         n_boot,
         segments_store,
+        smoothing_pixels,
         **scoring,
     )
     explained = open_explanations(explanations_store)
@@ -205,8 +225,8 @@ def faithfulness_evaluation(
         backbone_dir, xdnn_dir, settings.methods, data, explained, explanations_store, own_sop
     )
     maps = chosen_maps(explained, data, models.scaler, settings)
-    partial = np.asarray(explained["partial"].isel(sample=maps.chosen).values, np.float64)
-    ranked, sparse = _importances(maps, models, settings, token_map(explained, maps), partial)
+    contributions = _sop_contributions(explained, maps, models)
+    ranked, sparse = _importances(maps, models, settings, token_map(explained, maps), contributions)
     results = _score_entries(maps, models, ranked, settings, max_batch)
     purities = _purities(maps, ranked, settings)
     for entry, per_output in results.items():
@@ -225,15 +245,16 @@ def _importances(
     models: Any,
     settings: Settings,
     tokens: torch.Tensor | None,
-    partial: np.ndarray,
+    contributions: torch.Tensor,
 ) -> tuple[dict[tuple[str, str], np.ndarray], dict[tuple[str, str], np.ndarray]]:
-    """(method, resolution) -> ranking map (N, n_outputs, H, W), and -> sparsity (N, n_out)."""
+    """(method, resolution) -> ranking map (N, n_outputs, H, W), and -> sparsity (N, n_out);
+    ``contributions`` (N, m, n_outputs): SOP's (:func:`_sop_contributions`)."""
     ranked, sparse = {}, {}
     mass = settings.sparsity_mass
     for method in settings.methods:
         if method == SOP:
             ranked[SOP, TOKEN] = sop_importance(maps)
-            sparse[SOP, TOKEN] = _per_output(mass_fraction, sop_sparsity_map(maps, partial), mass)
+            sparse[SOP, TOKEN] = contribution_sparsity(maps.masks, contributions, mass)
             continue
         options = settings.options.get(method, {})
         pixel = baseline_importance(method, maps, models, options, settings.ranking, 16)
@@ -251,6 +272,15 @@ def _importances(
             ranked[method, resolution] = importance
             sparse[method, resolution] = _per_output(mass_fraction, importance, mass)
     return ranked, sparse
+
+
+def _sop_contributions(explained: xr.Dataset, maps: Maps, models: Any) -> torch.Tensor:
+    """SOP's contributions c_i (y_i - h(0)) (N, m, n_outputs), standardised like the baselines'
+    attributions: the store's partial predictions (physical units) through the backbone's label
+    scaler, h(0) the backbone on :data:`SUBSTRATE`."""
+    partial = np.asarray(explained["partial"].isel(sample=maps.chosen).values, np.float64)
+    reference = substrate_prediction(ChannelsLast(models.backbone), maps.x, SUBSTRATE)
+    return group_contributions(maps.scores, models.scaler.transform(partial), reference, maps.valid)
 
 
 def _per_output(function: Any, importance: np.ndarray, *args: Any) -> np.ndarray:
@@ -307,6 +337,7 @@ def _score_entries(
             valid=maps.valid,
             keep_fraction=settings.keep_fraction,
             fractions=fractions,
+            substrate=SUBSTRATE,
             max_batch=max_batch if scorer.__class__ is not SOPScorer else max_batch // 8,
             progress=True,
             tie_seed=settings.seed,
@@ -324,10 +355,13 @@ def _purities(
 ) -> dict[tuple[str, str], np.ndarray]:
     """Purity (N, n_outputs) of every (method, resolution) by one rule, SOP included: the
     cells of its top pixels by the importance it is ranked by (SOP's group purity, which only
-    compares SOP with itself, is the structures step's ``purity_sop.json``)."""
-    sigma = sigma_map(maps.x.numpy())
+    compares SOP with itself, is the structures step's ``purity_sop.json``). Classified on the
+    sigma map smoothed as the structures step smooths it; ties at the top-pixel cut broken by
+    keys of one seed for every method (paired)."""
+    sigma = sigma_map(maps.x.numpy(), settings.smoothing_pixels)
+    seed = derived_seed(settings.seed, TIE_STREAM)
     return {
-        key: cell_purity(sigma, importance, settings.definitions)
+        key: cell_purity(sigma, importance, settings.definitions, rng=seed)
         for key, importance in ranked.items()
     }
 
@@ -361,6 +395,7 @@ def _attrs(
         "token_reduce": settings.token_reduce,
         "sparsity_mass": float(settings.sparsity_mass),
         "n_fractions": int(settings.n_fractions),
+        "smoothing_pixels": float(settings.smoothing_pixels),
         "predictor": "per entry (coordinate scorer); masked pixels set to 0",
         "skipped": json_text(settings.skipped, indent=None),
         "method_options": json_text(settings.options, indent=None),

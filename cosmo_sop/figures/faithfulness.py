@@ -23,8 +23,8 @@ from cosmo_sop.figures.labels import tex
 PANELS = (
     (INSERTION, "insertion", "fraction of pixels inserted"),
     (DELETION, "deletion", "fraction of pixels deleted"),
-    (GROUPED_INSERTION, "grouped insertion", "fraction of groups inserted"),
-    (GROUPED_DELETION, "grouped deletion", "fraction of groups deleted"),
+    (GROUPED_INSERTION, "grouped insertion", "fraction of pixels inserted, by groups"),
+    (GROUPED_DELETION, "grouped deletion", "fraction of pixels deleted, by groups"),
 )
 ERROR_LABELS = {"absolute": r"$|f(x_k) - {}|$", "squared": r"$(f(x_k) - {})^2$"}
 

@@ -162,11 +162,14 @@ def plot_groups(
     valid: np.ndarray | None = None,
     pixel_scale_arcmin: float | None = None,
     title: str | None = None,
+    *,
+    smoothing_pixels: float,
 ) -> Path:
     """One map with its top SOP groups outlined, one panel per output.
 
     The background is the sigma map (:func:`cosmo_sop.structures.sigma_map`: bin-combined,
-    standardised; red over-dense, blue under-dense). Each of the output's top groups
+    smoothed by ``smoothing_pixels`` as for the classes, standardised; red over-dense, blue
+    under-dense). Each of the output's top groups
     (:func:`cosmo_sop.structures.top_groups`: by default those with non-zero weight) is outlined
     - solid for a cluster, dashed for a void, dotted for neither - and labelled with its class
     letter (C / V / –) and weight. Written atomically as PNG and PDF; returns ``out_png``.
@@ -187,7 +190,7 @@ def plot_groups(
     """
     kappa, masks, scores, labels = _checked_group_inputs(kappa, masks, scores, labels, outputs)
     chosen = top_groups(scores[None], None if valid is None else np.asarray(valid)[None], top_k)[0]
-    sigma = sigma_map(kappa[None])[0]
+    sigma = sigma_map(kappa[None], smoothing_pixels)[0]
 
     extent, unit, centres = _axes_extent(sigma.shape, pixel_scale_arcmin)
     limit = max(float(np.abs(sigma).max()), 1e-12)

@@ -62,7 +62,7 @@ from cosmo_sop.report.sections import (
 )
 from cosmo_sop.report.tables import NOT_COMPUTED, drawn, figure, number, table
 from cosmo_sop.report.tasks import task_sections, vit_maps_section
-from cosmo_sop.report.verdicts import finding_count, glance, verdict_summary
+from cosmo_sop.report.verdicts import findings_cell, glance, verdict_summary
 from cosmo_sop.storage import atomic_path
 
 
@@ -217,13 +217,13 @@ def _skipped_maps(results: Path, levels: list[str]) -> dict[str, Any] | None:
 
 
 def _with_findings(cell: str | None, content: Mapping[str, Any] | None) -> str:
-    """A level's verdict cell, with how many verdicts beat every null control."""
+    """A level's verdict cell, with how many classes are findings per hypothesis."""
     if cell is None or content is None:
         return NOT_COMPUTED
-    counted = finding_count(content["verdicts"])
+    counted = findings_cell(content["verdicts"])
     if counted is None:
         return cell
-    return f"{cell} — findings beyond the nulls: {counted['findings']} of {counted['assessed']}"
+    return f"{cell} — findings (paired tests, Holm): {counted}"
 
 
 def _shown_config(

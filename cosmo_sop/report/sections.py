@@ -40,6 +40,7 @@ from cosmo_sop.report.tables import (
 )
 from cosmo_sop.report.verdicts import (
     FINDING_RULE,
+    HYPOTHESIS_QUESTIONS,
     agreement,
     bootstrap_note,
     finding_count,
@@ -60,9 +61,12 @@ PAPER_RATIO = 1.67
 METRIC_MEANING = {
     "Ins": "insertion AUC: pixels added to an empty map in the method's order",
     "Del": "deletion AUC: pixels removed from the map in the method's order",
-    "InsG": "grouped insertion AUC: whole groups added in the method's order",
-    "DelG": "grouped deletion AUC: whole groups removed in the method's order",
-    "sparsity": "fraction of the pixels holding 90 % of the |attribution| mass (same for all)",
+    "InsG": "grouped insertion AUC: SOP's groups added in the method's order, area over the "
+    "share of pixels added (a group repeating pixels already added adds none)",
+    "DelG": "grouped deletion AUC: SOP's groups removed in the method's order, area over the "
+    "share of pixels removed",
+    "sparsity": "fraction of the pixels holding 90 % of the |attribution| mass (same for all; "
+    "SOP's attribution: its groups' contributions c_i (y_i − h(0)) to the standardised output)",
     "MSE top-20%": "MSE of the standardised parameter from the top 20 % of pixels alone",
     "purity": "share of the method's top parts in one class, void or cluster (≈ 0.5 by chance)",
 }
@@ -232,7 +236,15 @@ def _verdicts(path: Path) -> dict[str, Any] | None:
     if content is None:
         return None
     records = content["verdicts"]
-    header = ["", "Om/s8 ratio", "95% CI", "groups", "SOP's interval beyond it"]
+    header = [
+        "",
+        "Om/s8 ratio",
+        "95% CI",
+        "groups",
+        "log ratio, SOP − null [95% CI]",
+        "one-sided p",
+        "Holm p",
+    ]
     return {
         "agreement": agreement(verdict_summary(records)),
         "sentences": [
@@ -246,6 +258,7 @@ def _verdicts(path: Path) -> dict[str, Any] | None:
         ],
         "findings": finding_count(records),
         "finding_rule": FINDING_RULE,
+        "questions": HYPOTHESIS_QUESTIONS,
         "note": bootstrap_note(content),
         "selectors": selector_note(content),
         "group_pixels": group_pixels_note(content),

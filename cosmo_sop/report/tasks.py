@@ -2,7 +2,7 @@
 
 - ``vit_maps``: the CNN and the ViT side by side on each level the ViT ran on (backbone and SOP
   test MSE, SOP over its backbone with its cosmology-bootstrap interval, SOP against the
-  random-group floor, findings beyond the nulls), then the ViT's faithfulness and void/cluster
+  random-group floor, void/cluster findings), then the ViT's faithfulness and void/cluster
   sections, built by the same functions as the CNN's.
 - ``vit_images``, ``bert_text``: the tables a task records in its ``task_metrics.json``
   (``{"title", "caption", "columns", "rows", "bold"}``), its summary and its figures.
@@ -21,7 +21,7 @@ from cosmo_sop.report.inputs import NAMES, png_bytes, read_test_metrics, read_ve
 from cosmo_sop.report.sections import faithfulness, structures
 from cosmo_sop.report.sop_accuracy import floor_comparison, ratio_interval
 from cosmo_sop.report.tables import figure, number, table
-from cosmo_sop.report.verdicts import finding_count
+from cosmo_sop.report.verdicts import findings_cell
 from cosmo_sop.storage import read_json
 
 #: Headings of the image and text tasks.
@@ -49,7 +49,7 @@ def vit_maps_section(results: Path, levels: Sequence[str]) -> dict[str, Any] | N
     header += [f"backbone MSE {n}" for n in NAMES] + [f"SOP MSE {n}" for n in NAMES]
     header += [f"{n}: SOP / backbone [95 % CI]" for n in NAMES]
     header += [f"{n}: SOP below the random-group floor" for n in NAMES]
-    header += ["void/cluster findings beyond the nulls"]
+    header += ["void/cluster findings (paired tests, Holm)"]
     return {
         "comparison": table(header, rows),
         "levels": [
@@ -76,8 +76,7 @@ def _comparison_cells(tree: Path, level: str) -> list[Any]:
     below = floor_comparison(metrics) or {}
     cells += [None if n not in below else ("yes" if below[n] else "no") for n in NAMES]
     content = read_verdicts(layout.science_dir(tree, level) / layout.VERDICTS)
-    counted = None if content is None else finding_count(content["verdicts"])
-    cells.append(None if counted is None else f"{counted['findings']} of {counted['assessed']}")
+    cells.append(None if content is None else findings_cell(content["verdicts"]))
     return cells
 
 

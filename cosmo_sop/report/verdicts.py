@@ -206,7 +206,8 @@ def bootstrap_note(settings: Mapping[str, Any]) -> str:
     if settings.get("n_boot") is not None:
         parts.append(f"{number(settings['n_boot'])} bootstrap replicates")
     if settings.get("confidence") is not None:
-        parts.append(f"{100 * float(settings['confidence']):g} % intervals")
+        level = f"{100 * float(settings['confidence']):g} %"
+        parts.append(f"{level} intervals (percentile for the mean weights, BCa for the ratios)")
     if settings.get("nonzero_only") is not None:
         nonzero = settings["nonzero_only"]
         parts.append(
@@ -224,13 +225,23 @@ NULL_NAMES = {
     "random": "random groups, trained selector",
 }
 
-#: The finding rule in words (:func:`cosmo_sop.structures.findings.with_nulls`).
+#: The hypotheses of :mod:`cosmo_sop.structures.findings`, in words: the question each asks.
+HYPOTHESIS_QUESTIONS = {
+    "selector": "does the trained selector weigh the class differently for the two outputs?",
+    "groups": "do SOP's learnt groups sharpen the effect beyond random groups?",
+}
+
+#: The finding rule in words (:func:`cosmo_sop.structures.findings.assess`).
 FINDING_RULE = (
-    "A verdict is a finding only where the trained SOP's interval excludes 1 and lies wholly "
-    "beyond the interval of every null control, on the side of 1 that SOP's ratio is on (same "
-    "definitions, maps and cosmology bootstrap draws): training must have moved the ratio "
-    "further from 1 than every null. A null with an empty class or an undefined ratio leaves "
-    "the verdict no finding."
+    "Each class is tested twice, against its own null, on the same resampled cosmologies "
+    "(paired): the selector hypothesis against uniform scores on the trained groups (ratio 1 "
+    "by construction), the groups hypothesis against random groups of the same sizes scored by "
+    "the trained selector. The statistic is the difference of log ratios, SOP minus null, in "
+    "every bootstrap replicate; its one-sided p-value is taken on the side the paper predicts "
+    "(voids: more weight for Ωm; clusters: for σ8), and the p-values of all tests of the level "
+    "are adjusted together by Holm's rule. A finding is an adjusted p below 0.05. The SOP at "
+    "initialisation is not a default null: with the uniform selector start its scores are "
+    "uniform too, the same control as uniform scores."
 )
 
 
@@ -239,9 +250,14 @@ def _interval(low: float | None, high: float | None) -> str:
     return f"[{_g(low)}, {high_text}]"
 
 
+def _p(value: float | None) -> str:
+    return "" if value is None else f"{value:.2g}"
+
+
 def null_rows(record: Mapping[str, Any]) -> list[list[Any]] | None:
-    """Rows (source, ratio, interval, groups, interval disjoint from SOP's) of the trained SOP
-    and each null of one verdict record; None for a record without nulls (older runs)."""
+    """Rows (source, ratio, interval, groups, log-ratio difference from SOP with its interval,
+    one-sided p, Holm-adjusted p) of the trained SOP and each null of one verdict record; None
+    for a record without nulls."""
     nulls = record.get("nulls")
     if not isinstance(nulls, Mapping) or not nulls:
         return None
@@ -252,43 +268,75 @@ def null_rows(record: Mapping[str, Any]) -> list[list[Any]] | None:
             _interval(record.get("ci_low"), record.get("ci_high")),
             record.get("n_groups"),
             "",
+            "",
+            "",
         ]
     ]
+    adjusted = {
+        h.get("null"): h.get("p_adjusted") for h in (record.get("hypotheses") or {}).values()
+    }
     for name, null in nulls.items():
+        test = null.get("test") or {}
+        difference = (
+            test["untested"]
+            if "untested" in test
+            else f"{_g(test.get('difference'))} {_interval(test.get('ci_low'), test.get('ci_high'))}"
+        )
         rows.append(
             [
                 NULL_NAMES.get(name, name),
                 _g(null.get("ratio")),
                 _interval(null.get("ci_low"), null.get("ci_high")),
                 null.get("n_groups"),
-                "yes" if null.get("excluded") else "no",
+                difference,
+                _p(test.get("p_value")),
+                _p(adjusted.get(name)),
             ]
         )
     return rows
 
 
 def finding_text(record: Mapping[str, Any]) -> str | None:
-    """``"finding"``, ``"not a finding"`` (with why), or None where nulls were not assessed."""
-    finding = record.get("finding")
-    if finding is None:
+    """Both hypotheses of one class in words, e.g. ``"selector: finding (Holm p 0.002); groups:
+    not separated from random groups (Holm p 0.41)"``; None where nothing was assessed."""
+    hypotheses = record.get("hypotheses")
+    if record.get("finding") is None or not isinstance(hypotheses, Mapping):
         return None
-    if finding:
-        return "finding: the interval excludes every null's"
-    if record.get("outcome") == "inconclusive":
-        return "not a finding: the interval does not exclude 1"
-    if record.get("outcome") not in ("agrees", "disagrees"):
-        return "not a finding: no verdict"
-    overlapping = [
-        NULL_NAMES.get(name, name)
-        for name, null in (record.get("nulls") or {}).items()
-        if not null.get("excluded")
-    ]
-    return "not a finding: indistinguishable from " + "; ".join(overlapping)
+    parts = []
+    for name, hypothesis in hypotheses.items():
+        null = NULL_NAMES.get(hypothesis.get("null"), hypothesis.get("null"))
+        if "untested" in hypothesis:
+            parts.append(f"{name}: not tested ({hypothesis['untested']})")
+        elif hypothesis.get("finding"):
+            parts.append(
+                f"{name}: finding, beyond {null} (Holm p {_p(hypothesis.get('p_adjusted'))})"
+            )
+        else:
+            parts.append(
+                f"{name}: not separated from {null} "
+                f"(Holm p {_p(hypothesis.get('p_adjusted')) or 'n/a'})"
+            )
+    return "; ".join(parts)
 
 
-def finding_count(records: Iterable[Mapping[str, Any]]) -> dict[str, int] | None:
-    """How many verdicts are findings, of those assessed against nulls (None: none assessed)."""
-    assessed = [r for r in records if r.get("finding") is not None]
+def finding_count(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]] | None:
+    """Per hypothesis, how many classes are findings of those tested (None: nothing assessed)."""
+    assessed = [r for r in records if r.get("finding") is not None and r.get("hypotheses")]
     if not assessed:
         return None
-    return {"findings": sum(bool(r["finding"]) for r in assessed), "assessed": len(assessed)}
+    counts: dict[str, dict[str, int]] = {}
+    for record in assessed:
+        for name, hypothesis in record["hypotheses"].items():
+            count = counts.setdefault(name, {"findings": 0, "tested": 0})
+            count["tested"] += "untested" not in hypothesis
+            count["findings"] += bool(hypothesis.get("finding"))
+    return counts
+
+
+def findings_cell(records: Iterable[Mapping[str, Any]]) -> str | None:
+    """:func:`finding_count` in a table cell: ``"selector 1 of 4, groups 0 of 4"`` (None where
+    nothing was assessed)."""
+    counted = finding_count(records)
+    if counted is None:
+        return None
+    return ", ".join(f"{name} {c['findings']} of {c['tested']}" for name, c in counted.items())

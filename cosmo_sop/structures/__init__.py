@@ -9,14 +9,20 @@ each map's sigma map, :mod:`~cosmo_sop.structures.weights` weighs the classes (w
 from :mod:`~cosmo_sop.structures.bootstrap`) and gives verdict records,
 :mod:`~cosmo_sop.structures.purity` measures how cleanly a map's top parts (SOP's groups, or the
 cells of a pixel attribution, :mod:`~cosmo_sop.structures.cells`) fall into one class,
-:mod:`~cosmo_sop.structures.findings` tells findings from what the null controls of
-:mod:`~cosmo_sop.structures.nulls` give, and :mod:`~cosmo_sop.structures.run` is the workflow's
+:mod:`~cosmo_sop.structures.findings` tests each class against the null controls of
+:mod:`~cosmo_sop.structures.nulls`, paired on the same bootstrap draws, and :mod:`~cosmo_sop.structures.run` is the workflow's
 ``structures`` step (neither nulls nor run is imported here: they need PyTorch).
 """
 
 from cosmo_sop.structures.bootstrap import bootstrap_sums
 from cosmo_sop.structures.cells import attribution_cells, cell_statistics
-from cosmo_sop.structures.classes import classify, group_labels, group_statistics, sigma_map
+from cosmo_sop.structures.classes import (
+    classification_smoothing,
+    classify,
+    group_labels,
+    group_statistics,
+    sigma_map,
+)
 from cosmo_sop.structures.definitions import (
     DEFAULT_DEFINITIONS,
     KINDS,
@@ -28,7 +34,7 @@ from cosmo_sop.structures.definitions import (
     checked_definitions,
     parse_definitions,
 )
-from cosmo_sop.structures.findings import beyond, with_nulls
+from cosmo_sop.structures.findings import HYPOTHESES, assess, paired_difference, with_nulls
 from cosmo_sop.structures.purity import (
     cell_purity,
     method_purities,
@@ -54,17 +60,20 @@ __all__ = [
     "PURITY_CLUSTER",
     "PURITY_VOID",
     "StructureDefinition",
+    "HYPOTHESES",
+    "assess",
     "attribution_cells",
     "bootstrap_sums",
     "cell_purity",
     "cell_statistics",
     "checked_definitions",
     "class_weights",
+    "classification_smoothing",
     "classify",
-    "beyond",
     "group_labels",
     "group_statistics",
     "method_purities",
+    "paired_difference",
     "parse_definitions",
     "purity_table",
     "sigma_map",

@@ -4,6 +4,12 @@ A pixel attribution method (Integrated Gradients, SHAP, ...) gives every pixel a
 compare it with SOP's groups, its most important pixels are cut into *cells*
 (:func:`attribution_cells`), and each cell gets the same sigma-map statistics as a group
 (:func:`cell_statistics`), so the definitions classify cells as they classify groups.
+
+Ties at the cut are broken by a seeded random key per pixel, never by raster order: SOP's pixel
+importance (the summed scores of the groups holding a pixel) is constant over large areas, and
+raster order would fill the cut from the upper rows. The workflow's steps seed the key with
+``derived_seed(seed, TIE_STREAM)`` (:func:`cosmo_sop.training.loop.derived_seed`), so reruns
+cut the same cells.
 """
 
 from __future__ import annotations
@@ -29,6 +35,27 @@ from cosmo_sop.structures.definitions import (
     is_finite_number,
 )
 
+#: The seed stream of the tie-break keys of :func:`attribution_cells` (any value other than the
+#: other streams of the config seed, e.g. ``cosmo_sop.structures.nulls.RANDOM_STREAM``).
+TIE_STREAM = 812
+
+
+def tie_generator(rng: np.random.Generator | int) -> np.random.Generator:
+    """The generator of tie-break keys: ``rng`` itself, or a new one seeded by the integer.
+
+    Raises
+    ------
+    InputError
+        For anything else (None included: an unseeded cut would differ between reruns).
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if isinstance(rng, bool) or not isinstance(rng, (int, np.integer)) or rng < 0:
+        raise InputError(
+            "argument 'rng'", f"must be a numpy Generator or a seed (integer >= 0), got {rng!r}"
+        )
+    return np.random.default_rng(int(rng))
+
 
 def _in_plane_structure(connectivity: int) -> np.ndarray:
     """3-D structuring element for a stack of maps that connects pixels within a map only."""
@@ -46,6 +73,8 @@ def attribution_cells(
     top_fraction: float = 0.2,
     connectivity: int = 1,
     absolute: bool = True,
+    *,
+    rng: np.random.Generator | int,
 ) -> np.ndarray:
     """Cells of a pixel attribution: connected components of its top pixels.
 
@@ -56,13 +85,18 @@ def attribution_cells(
         attribution of a sky position).
     top_fraction
         Fraction of a map's pixels that are "top": the ``ceil(top_fraction H W)`` highest,
-        ties broken in raster order, and only pixels with attribution > 0 (a pixel the method
-        gives nothing is not important).
+        ties broken by a random key per pixel (see ``rng``), and only pixels with attribution
+        > 0 (a pixel the method gives nothing is not important).
     connectivity
         1: 4-neighbour cells (as the segments); 2: 8-neighbour.
     absolute
         Rank by |attribution| (default: a regression attribution's sign only says in which
         direction a pixel moves the prediction, not how much it matters).
+    rng
+        Draws the tie-break keys, one uniform float per pixel of every (map, output), in stack
+        order (:func:`tie_generator`): an integer seed gives every call on maps of one shape
+        the same keys (e.g. every method on the same maps); a Generator passed through calls
+        on consecutive chunks of maps gives the keys of one call on all of them.
 
     Returns
     -------
@@ -90,7 +124,8 @@ def attribution_cells(
     n, n_out, h, w = a.shape
     flat = a.reshape(n * n_out, h * w)
     n_top = math.ceil(top_fraction * h * w)
-    order = np.argsort(-flat, axis=-1, kind="stable")
+    key = tie_generator(rng).random(flat.shape)
+    order = np.lexsort((key, -flat), axis=-1)  # by decreasing importance, then by key
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(h * w)[None, :], axis=-1)
     top = (rank < n_top) & (flat > 0)

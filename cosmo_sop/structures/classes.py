@@ -13,17 +13,20 @@ standardisation). Multiplying kappa by any positive constant changes nothing.
 
 :func:`group_statistics` gives every group's mean and fractions beyond the thresholds on that
 map, :func:`classify` its membership in every definition's class
-(:mod:`cosmo_sop.structures.definitions`), :func:`group_labels` one label per group.
+(:mod:`cosmo_sop.structures.definitions`), :func:`group_labels` one label per group. The
+structures and faithfulness steps smooth the bin-combined map as :func:`classification_smoothing`
+says (by default as segmentation does), so classes are read on the map that was segmented.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.kappa import detection_map, smooth_maps
 from cosmo_sop.structures.definitions import (
@@ -40,7 +43,36 @@ REPORTED_BELOW: tuple[float, ...] = (0.0,)
 MAPS_PER_CHUNK = 64
 
 
-def sigma_map(kappa: np.ndarray | xr.DataArray, smoothing_pixels: float = 0.0) -> np.ndarray:
+def classification_smoothing(config: Mapping[str, Any] | None = None) -> float:
+    """Gaussian sigma (pixels) of the sigma map on which groups and cells are classified.
+
+    The one place the config key ``structures.smoothing_pixels`` is read: its value, or, when
+    it is null, ``segmentation.smoothing_pixels``, so that voids and clusters are read on the
+    map that was segmented (SOP's segment tokens are cut on that map).
+
+    Parameters
+    ----------
+    config
+        A (validated) config; a missing section, or None, takes the schema's defaults.
+
+    Returns
+    -------
+    float
+        The smoothing in pixels (>= 0), for :func:`sigma_map`.
+    """
+    config = config or {}
+
+    def key(section: str) -> Any:
+        given = config.get(section) or {}
+        if "smoothing_pixels" in given:
+            return given["smoothing_pixels"]
+        return defaults(f"{section}.smoothing_pixels")
+
+    value = key("structures")
+    return float(key("segmentation") if value is None else value)
+
+
+def sigma_map(kappa: np.ndarray | xr.DataArray, smoothing_pixels: float) -> np.ndarray:
     """The map in whose standard deviations all thresholds are expressed.
 
     Parameters
@@ -49,8 +81,8 @@ def sigma_map(kappa: np.ndarray | xr.DataArray, smoothing_pixels: float = 0.0) -
         Convergence patches, shape (N, C, H, W) (C tomographic bins; C = 1 is fine).
     smoothing_pixels
         Optional Gaussian smoothing (sigma in pixels) of the bin-combined map before the final
-        standardisation, e.g. the segmentation's ``smoothing_pixels`` to classify on the map
-        that was segmented. 0 (default): none.
+        standardisation; the workflow's steps pass :func:`classification_smoothing` (by default
+        the segmentation's, to classify on the map that was segmented). 0: none.
 
     Returns
     -------

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
 from cosmo_sop.structures.bootstrap import bootstrap_sums, check_confidence, interval
-from cosmo_sop.structures.cells import attribution_cells, cell_statistics
+from cosmo_sop.structures.cells import attribution_cells, cell_statistics, tie_generator
 from cosmo_sop.structures.definitions import (
     DEFAULT_DEFINITIONS,
     OUTPUTS,
@@ -140,6 +140,8 @@ def cell_purity(
     min_cell_pixels: int = 1,
     void: str = PURITY_VOID,
     cluster: str = PURITY_CLUSTER,
+    *,
+    rng: np.random.Generator | int,
 ) -> np.ndarray:
     """Purity of a pixel attribution method, per map and output, from its cells.
 
@@ -156,6 +158,10 @@ def cell_purity(
     attributions
         (N, n_out, H, W) or (N, n_out, C, H, W); read in chunks of maps, so a lazy (dask-backed)
         DataArray is never loaded whole.
+    rng
+        Breaks ties at the top-pixel cut (see :func:`attribution_cells`): an integer seed (the
+        same keys for every method on these maps), or a Generator, drawn from chunk after chunk
+        (the same keys as one call on all the maps, whatever the chunks).
 
     Returns
     -------
@@ -183,12 +189,13 @@ def cell_purity(
     chosen = (_pick(definitions, void, "void"), _pick(definitions, cluster, "cluster"))
     n, n_out = shape[:2]
     purity = np.empty((n, n_out))
+    rng = tie_generator(rng)
     starts = range(0, n, CELL_MAPS_PER_CHUNK)
     # chunks of maps bound the memory of the pixel ranking (several int64 copies of the maps)
     for start in tqdm(starts, desc="cell purity", unit="chunk", disable=len(starts) < 2):
         block = slice(start, start + CELL_MAPS_PER_CHUNK)
         cells = attribution_cells(
-            np.asarray(attributions[block]), top_fraction, connectivity, absolute
+            np.asarray(attributions[block]), top_fraction, connectivity, absolute, rng=rng
         )
         purity[block] = _cells_purity(sigma[block], cells, *chosen, int(min_cell_pixels))
     return purity
@@ -296,6 +303,8 @@ def method_purities(
     importance: Mapping[str, np.ndarray],
     definitions: Sequence[StructureDefinition] = DEFAULT_DEFINITIONS,
     top_fraction: float = 0.2,
+    *,
+    seed: int,
 ) -> dict[str, np.ndarray]:
     """Purity (N, n_out) of every method by one rule, SOP included.
 
@@ -303,9 +312,10 @@ def method_purities(
     pixels by |importance| (SOP's importance: :func:`sop_pixel_importance`), classified by the
     purity definitions :data:`PURITY_VOID` and :data:`PURITY_CLUSTER` (the authors' fraction
     rules) and counted as in :func:`cell_purity`. SOP's own group purity (:func:`sop_purity`)
-    counts whole groups instead, which compares SOP with itself only.
+    counts whole groups instead, which compares SOP with itself only. Ties at the cut are
+    broken by keys seeded by ``seed``, the same for every method (the purities are paired).
     """
     return {
-        method: cell_purity(sigma, values, definitions, top_fraction)
+        method: cell_purity(sigma, values, definitions, top_fraction, rng=seed)
         for method, values in importance.items()
     }

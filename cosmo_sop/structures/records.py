@@ -3,8 +3,8 @@
 Numbers only (the report puts them into words). ``verdicts.json`` holds the settings the
 verdicts were made with (``bootstrap_blocks``: ``"cosmology"`` by default), the trained SOP's
 weights, the nulls' weights (``null_weights``), and one record per definition: the fields of
-:func:`~cosmo_sop.structures.verdict` with the nulls' ratios and the finding flag of
-:func:`~cosmo_sop.structures.findings.with_nulls`.
+:func:`~cosmo_sop.structures.verdict` with the nulls' ratios, the paired tests and the findings
+of :func:`~cosmo_sop.structures.findings.assess`.
 """
 
 from __future__ import annotations
@@ -100,11 +100,14 @@ def group_pixel_fractions(stats: xr.Dataset, map_pixels: int) -> dict[str, float
     }
 
 
-#: The rule of :func:`~cosmo_sop.structures.findings.with_nulls`, as verdicts.json records it.
+#: The rule of :func:`~cosmo_sop.structures.findings.assess`, as verdicts.json records it.
 FINDING_RULE = (
-    "finding = outcome in (agrees, disagrees) and, for every null, the null's ratio interval "
-    "is defined and the trained SOP's lies wholly beyond it, on the side of 1 SOP's ratio is on "
-    "(same cosmology bootstrap draws)"
+    "per class and hypothesis (selector: trained SOP against uniform scores on its groups; "
+    "groups: against random groups scored by the trained selector), the bootstrap replicates of "
+    "log(SOP ratio) - log(null ratio) on the same resampled cosmologies give a one-sided p-value "
+    "on the side the paper predicts (voids: Om heavier; clusters: s8 heavier); the p-values of "
+    "the run are Holm-adjusted together; finding = adjusted p < 1 - confidence; a verdict's "
+    "finding is its selector hypothesis's"
 )
 
 

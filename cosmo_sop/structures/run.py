@@ -3,9 +3,9 @@
 Classifies every SOP group as void / cluster by the kappa it covers, weighs the classes for
 Omega_m and sigma_8 with intervals from a bootstrap over cosmologies, records whether the SOP
 paper's finding (voids weigh more for Omega_m, clusters for sigma_8) holds, weighs the null
-controls (:mod:`~cosmo_sop.structures.nulls`: the SOP at initialisation, uniform scores, random
-groups) the same way and flags the verdicts that stand apart from every null as findings
-(:mod:`~cosmo_sop.structures.findings`), and measures purity. Writes, into the level's science
+controls (:mod:`~cosmo_sop.structures.nulls`: uniform scores, random groups, optionally the SOP
+at initialisation) the same way and tests each class against them, paired on the same bootstrap
+draws (:mod:`~cosmo_sop.structures.findings`), and measures purity. Writes, into the level's science
 folder (:func:`cosmo_sop.layout.science_dir`), ``weights.csv``, ``verdicts.json``,
 ``purity_sop.json``, ``weight_histograms.png`` and ``example_groups*.png``.
 """
@@ -28,9 +28,16 @@ from cosmo_sop.figures.structures import plot_groups, plot_weight_histograms
 from cosmo_sop.layout import EXAMPLE_GROUPS, PURITY_SOP, VERDICTS, WEIGHT_HISTOGRAMS, WEIGHTS_CSV
 from cosmo_sop.models.trained import load_sop
 from cosmo_sop.storage import finite_or_none, write_json
-from cosmo_sop.structures.classes import classify, group_labels, group_statistics, sigma_map
+from cosmo_sop.structures.cells import TIE_STREAM
+from cosmo_sop.structures.classes import (
+    classification_smoothing,
+    classify,
+    group_labels,
+    group_statistics,
+    sigma_map,
+)
 from cosmo_sop.structures.definitions import StructureDefinition, checked_definitions
-from cosmo_sop.structures.findings import with_nulls
+from cosmo_sop.structures.findings import assess
 from cosmo_sop.structures.nulls import (
     INIT_STREAM,
     RANDOM_STREAM,
@@ -60,7 +67,6 @@ def run(
     out_dir: str | os.PathLike,
     sop: str | os.PathLike | None = None,
     segments: str | os.PathLike | None = None,
-    smoothing_pixels: float = 0.0,
     n_examples: int = 3,
 ) -> dict[str, Any]:
     """Weights of void and cluster groups for Omega_m and sigma_8, their nulls, and purity.
@@ -72,8 +78,10 @@ def run(
         ``structures``: ``definitions`` (must include ``void_authors`` and ``cluster_authors``,
         for purity and the figures), ``n_boot`` (bootstrap replicates; intervals are 95 %),
         ``nonzero_only`` (see :func:`cosmo_sop.structures.weight_table`),
-        ``bootstrap_blocks`` (``"cosmology"``: resample whole cosmologies; ``"map"``: maps) and
-        ``nulls`` (the null controls to weigh).
+        ``bootstrap_blocks`` (``"cosmology"``: resample whole cosmologies; ``"map"``: maps),
+        ``nulls`` (the null controls to weigh) and ``smoothing_pixels`` (Gaussian sigma in
+        pixels of the map groups are classified on; null: ``segmentation.smoothing_pixels``,
+        see :func:`cosmo_sop.structures.classes.classification_smoothing`).
     explanations
         Explanation store written by :func:`cosmo_sop.explain.explain_split`.
     patches
@@ -86,8 +94,6 @@ def run(
     segments
         The segments store, for a SOP with segment tokens (random groups draw segments;
         default: the one the explanation store names).
-    smoothing_pixels
-        Gaussian smoothing (sigma in pixels) of the bin-combined map before classifying.
     n_examples
         Maps drawn with their groups: those with the most groups of non-zero weight.
 
@@ -95,10 +101,10 @@ def run(
     -------
     dict
         ``n_maps``, ``weights`` (the trained SOP's weight table), ``null_weights`` (null ->
-        its table), ``verdicts`` (records with the nulls and the finding flag), ``purity_sop``
+        its table), ``verdicts`` (records with the nulls, the paired tests and the findings), ``purity_sop``
         (output -> mean purity with its interval), ``files`` (name -> path).
     """
-    settings = _settings(config, smoothing_pixels)
+    settings = _settings(config)
     definitions = checked_definitions(config["structures"]["definitions"])
     explained = open_explanations(explanations)
     segment_tokens = explained.attrs.get("tokens") == "segments"
@@ -134,7 +140,9 @@ def run(
         )
         for name, part in measured["nulls"].items()
     }
-    records = [with_nulls(r, table, null_tables) for r in verdicts(table, settings["min_blocks"])]
+    records = assess(
+        verdicts(table, settings["min_blocks"]), table, null_tables, settings["min_blocks"]
+    )
     purity = {
         kind: _purity_by_output(values, outputs, settings, blocks)
         for kind, values in (
@@ -161,7 +169,9 @@ def run(
         "weight_histograms": _plot_histograms(scores, membership, valid, explained, out_dir),
     }
     labels = group_labels(membership)
-    files.update(_plot_examples(explained, data, scores, valid, labels, n_examples, out_dir))
+    files.update(
+        _plot_examples(explained, data, scores, valid, labels, n_examples, settings, out_dir)
+    )
     return {
         "n_maps": int(scores.shape[0]),
         "weights": table,
@@ -172,7 +182,7 @@ def run(
     }
 
 
-def _settings(config: Mapping[str, Any], smoothing_pixels: float) -> dict[str, Any]:
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The bootstrap and classification settings of the step, as verdicts.json records them."""
     options = config["structures"]
     return {
@@ -181,7 +191,8 @@ def _settings(config: Mapping[str, Any], smoothing_pixels: float) -> dict[str, A
         "nonzero_only": bool(options["nonzero_only"]),
         "bootstrap_blocks": options["bootstrap_blocks"],
         "min_blocks": int(options["min_blocks"]),
-        "smoothing_pixels": float(smoothing_pixels),
+        # groups and purity cells are classified on the map smoothed as segmentation smooths it
+        "smoothing_pixels": classification_smoothing(config),
         "null_notes": {},
     }
 
@@ -235,6 +246,8 @@ def _measure(
     rows = np.asarray(explanations["store_index"].values)
     tokens = next(v for v in ("group_tokens", "group_segments") if v in explanations)
     rng = np.random.default_rng(derived_seed(settings["seed"], RANDOM_STREAM))
+    # one tie-break stream through all chunks: the cells of one call on all the maps
+    ties = np.random.default_rng(derived_seed(settings["seed"], TIE_STREAM))
     stats, cells = [], []
     parts: dict[str, list[Any]] = {name: [] for name in nulls}
     starts = range(0, rows.size, MAPS_PER_CHUNK)
@@ -247,7 +260,7 @@ def _measure(
         scores = chunk["scores"].values
         stats.append(group_statistics(sigma, masks, valid, definitions))
         importance = sop_pixel_importance(masks, scores, valid)
-        cells.append(cell_purity(sigma, importance, definitions))
+        cells.append(cell_purity(sigma, importance, definitions, rng=ties))
         if not nulls:
             continue
         segments = None
@@ -343,9 +356,11 @@ def _plot_examples(
     valid: np.ndarray,
     labels: np.ndarray,
     n_examples: int,
+    settings: Mapping[str, Any],
     out_dir: Path,
 ) -> dict[str, Path]:
-    """The maps with the most groups of non-zero weight, their top groups outlined."""
+    """The maps with the most groups of non-zero weight, their top groups outlined on the map
+    that classified them."""
     outputs = [str(o) for o in explanations["output"].values]
     used = ((scores > 0) & valid[..., None]).sum(axis=(1, 2))
     chosen = np.argsort(-used, kind="stable")[: max(int(n_examples), 0)]
@@ -367,6 +382,7 @@ def _plot_examples(
             outputs,
             valid=valid[i],
             pixel_scale_arcmin=pixel_scale,
+            smoothing_pixels=settings["smoothing_pixels"],
             title=f"{one['cosmology'].values} patch {int(one['patch_index'])}: true {truth}; "
             f"SOP predicts {guess}",
         )

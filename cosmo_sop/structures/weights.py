@@ -28,6 +28,7 @@ import xarray as xr
 
 from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
+from cosmo_sop.statistics import bca_interval
 from cosmo_sop.storage import finite_or_none
 from cosmo_sop.structures.bootstrap import block_codes, bootstrap_sums, check_confidence, interval
 from cosmo_sop.structures.definitions import OUTPUTS, PAPER_FINDINGS
@@ -74,6 +75,12 @@ def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return sums / counts
 
 
+def _ratio(means: np.ndarray) -> np.ndarray:
+    """outputs[0] / outputs[1] of class means (..., O) -> (...)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return means[..., 0] / means[..., 1]
+
+
 def _class_sums(
     scores: np.ndarray, member: np.ndarray, valid: np.ndarray, nonzero_only: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,23 +105,32 @@ def _bootstrap_intervals(
     confidence: float,
     blocks: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Percentile intervals of the class means (D, O) and of their ratio outputs[0]/outputs[1]
-    (D,), from one set of bootstrap replicates of the per-map sums; ``dropped`` (D,): the
+    """Percentile intervals of the class means (D, O) and BCa intervals of their ratio
+    outputs[0]/outputs[1] (D,), from one set of bootstrap replicates of the per-map sums; ``dropped`` (D,): the
     share of replicates whose ratio is undefined (they drew no group of the class), which the
-    percentiles leave out."""
+    percentiles leave out; ``ratio_replicates`` (B, D): the replicates themselves, for the
+    paired tests of :mod:`~cosmo_sop.structures.findings`."""
     per_map = np.stack([weight_sum, group_count], axis=-1)  # (N, D, O, 2)
     replicates = bootstrap_sums(per_map, n_boot, seed, blocks)
     boot_mean = _mean(replicates[..., 0], replicates[..., 1])  # (B, D, O)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot_ratio = boot_mean[..., 0] / boot_mean[..., 1]
+    boot_ratio = _ratio(boot_mean)
     lo, hi = interval(boot_mean, confidence)
-    ratio_lo, ratio_hi = interval(boot_ratio, confidence)
+    # the ratio, skewed and biased over few cosmologies: BCa, jackknifed over the same blocks
+    codes = block_codes(blocks, per_map.shape[0])
+    per_block = np.zeros((codes.max() + 1, *per_map.shape[1:]))
+    np.add.at(per_block, codes, per_map)
+    total = per_block.sum(axis=0)
+    estimate = _ratio(_mean(total[..., 0], total[..., 1]))
+    left_out = total - per_block
+    jackknife = _ratio(_mean(left_out[..., 0], left_out[..., 1]))
+    ratio_lo, ratio_hi = bca_interval(boot_ratio, estimate, jackknife, confidence)
     return {
         "ci_low": lo,
         "ci_high": hi,
         "ratio_low": ratio_lo,
         "ratio_high": ratio_hi,
         "dropped": np.isnan(boot_ratio).mean(axis=0),
+        "ratio_replicates": boot_ratio,
     }
 
 
@@ -175,7 +191,8 @@ def weight_table(
         for that output. None: the config schema's ``structures.nonzero_only``.
     n_boot, seed, confidence
         Bootstrap replicates (None: the schema's ``structures.n_boot``), seed of
-        ``np.random.default_rng``, two-sided level of the percentile intervals.
+        ``np.random.default_rng``, two-sided level of the intervals (percentile for the
+        means, BCa for the ratio: :func:`cosmo_sop.statistics.bca_interval`).
     blocks
         Optional resampling block per map (e.g. the cosmology); default: every map its own.
 
@@ -186,7 +203,10 @@ def weight_table(
         ``n_contributing`` (blocks, i.e. cosmologies by default, holding a group of the class);
         (definition): ``ratio`` (mean weight for outputs[0] / for outputs[1]), ``ratio_low``,
         ``ratio_high``, ``dropped_replicates`` (share of replicates without a group of the
-        class, left out of the interval); (output): ``mean_weight_all`` (all valid groups, the
+        class, left out of the interval); (replicate, definition): ``ratio_replicates`` (the
+        bootstrap replicates of the ratio, NaN where undefined: the same seed and blocks draw
+        the same cosmologies in every table, so two tables' replicates pair up); (output):
+        ``mean_weight_all`` (all valid groups, the
         reference), ``score_evenness`` (:func:`score_evenness`). Means are ratios of sums over
         maps (each group counts once); NaN for a class without groups.
         Attrs: n_maps, n_blocks, n_boot, seed, confidence, nonzero_only.
@@ -220,6 +240,7 @@ def weight_table(
             "ratio_low": (by_definition, ci["ratio_low"]),
             "ratio_high": (by_definition, ci["ratio_high"]),
             "dropped_replicates": (by_definition, ci["dropped"]),
+            "ratio_replicates": (("replicate", "definition"), ci["ratio_replicates"]),
             "mean_weight_all": (("output",), mean_all),
             "score_evenness": (("output",), score_evenness(scores, valid)),
         },
@@ -296,7 +317,13 @@ OUTCOMES: tuple[str, ...] = (
 
 
 def _outcome(
-    n_groups: int, ratio: float, low: float, high: float, heavier: str | None, outputs: list[str]
+    n_groups: int,
+    n_contributing: int,
+    ratio: float,
+    low: float,
+    high: float,
+    heavier: str | None,
+    outputs: list[str],
 ) -> Outcome:
     if n_groups == 0:
         return "no_groups"
@@ -304,9 +331,10 @@ def _outcome(
         return "undefined"
     if not (low > 1.0 or high < 1.0):  # also when the interval is undefined (NaN)
         return "inconclusive"
-    if not high > low:
-        # no spread over the resamples: all of the class's groups lie in one bootstrap block
-        # (cosmology), so the interval says nothing about the uncertainty
+    if n_contributing < 2:
+        # all of the class's groups lie in one bootstrap block (cosmology): every resample
+        # gives the same ratio, an interval of zero width that says nothing about the
+        # uncertainty. (Across many blocks a zero width is a ratio that truly never varies.)
         return "inconclusive"
     if heavier not in outputs[:2]:
         return "no_expectation"
@@ -349,7 +377,7 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
         class), ``"too_few"`` (its groups in fewer than ``min_blocks`` blocks: a percentile
         bootstrap over so few under-covers), ``"undefined"`` (ratio not finite),
         ``"inconclusive"`` (the interval includes 1,
-        is undefined, or has zero width: every group of the class in one bootstrap block),
+        is undefined, or every group of the class lies in one bootstrap block),
         ``"no_expectation"`` (the paper says nothing about this kind or these outputs),
         ``"agrees"`` or ``"disagrees"``; ``agrees`` (True / False for those two,
         otherwise None); ``expected_heavier`` (the output the paper finds heavier for this kind,
@@ -381,7 +409,7 @@ def verdict(table: xr.Dataset, definition: str, min_blocks: int | None = None) -
     if 0 < n_contributing < min_blocks:
         outcome: Outcome = "too_few"
     else:
-        outcome = _outcome(n_groups, ratio, low, high, heavier, outputs)
+        outcome = _outcome(n_groups, n_contributing, ratio, low, high, heavier, outputs)
     return {
         "definition": str(definition),
         "kind": kind,

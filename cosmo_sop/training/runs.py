@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cosmo_sop.attribution.registry import group_pixel_importance
 from cosmo_sop.config import defaults
 from cosmo_sop.errors import InputError
-from cosmo_sop.faithfulness.ranks import mass_fraction
+from cosmo_sop.faithfulness.ranks import contribution_sparsity, group_contributions
+from cosmo_sop.faithfulness.substrates import substrate_prediction
 from cosmo_sop.layout import TEST_METRICS, TEST_PREDICTIONS, WEIGHTS
 from cosmo_sop.models.architectures import Architecture, build_backbone
 from cosmo_sop.models.backbone import ConvRegressor
@@ -329,10 +329,11 @@ def group_statistics(
     """Per output: groups with non-zero score per map, their mean size, and SOP's sparsity.
 
     Sizes are fractions of the map's pixels, averaged over the groups with non-zero score.
-    Sparsity is the faithfulness table's one definition
-    (:func:`~cosmo_sop.faithfulness.ranks.mass_fraction`): the fraction of a map's pixels
-    holding ``sparsity_mass`` of its attribution sum_i |c_i y_i| (groups holding the pixel,
-    y_i in physical units), averaged over maps.
+    Sparsity is the faithfulness table's
+    (:func:`~cosmo_sop.faithfulness.ranks.contribution_sparsity`): the fraction of a map's
+    pixels holding ``sparsity_mass`` of its attribution sum_i |c_i (y_i - h(0))| over the groups
+    holding the pixel (standardised units, h(0) the backbone on the zero map SOP masks with),
+    averaged over maps.
     """
     model.eval()
     device = next(model.parameters()).device
@@ -341,8 +342,6 @@ def group_statistics(
         batch_sampler=EpochBatchSampler(len(data), batch_size, shuffle=False),
         collate_fn=collate_batch,
     )
-    scale = torch.as_tensor(data.scaler.std, dtype=torch.float64)
-    mean = torch.as_tensor(data.scaler.mean, dtype=torch.float64)
     n_nonzero, size_sum, sparsity_sum, n_maps = 0.0, 0.0, 0.0, 0
     for batch in loader:
         kappa = batch["kappa"].to(device)
@@ -352,17 +351,14 @@ def group_statistics(
         fraction = parts.masks.float().mean(dim=(2, 3))  # (B, m)
         n_nonzero = n_nonzero + nonzero.sum(dim=(0, 1)).double()
         size_sum = size_sum + (nonzero * fraction[..., None]).sum(dim=(0, 1)).double()
-        physical = parts.partial.cpu().double() * scale + mean
-        contribution = (parts.scores.cpu().double() * physical).abs() * parts.valid.cpu()[..., None]
-        sparsity_sum = sparsity_sum + torch.tensor(
-            [
-                mass_fraction(
-                    group_pixel_importance(parts.masks.cpu(), contribution[..., o]), sparsity_mass
-                ).sum()
-                for o in range(contribution.shape[-1])
-            ],
-            dtype=torch.float64,
+        contributions = group_contributions(
+            parts.scores.cpu(),
+            parts.partial.cpu(),
+            substrate_prediction(model.backbone, kappa),
+            parts.valid.cpu(),
         )
+        sparsity = contribution_sparsity(parts.masks.cpu(), contributions, sparsity_mass)
+        sparsity_sum = sparsity_sum + torch.from_numpy(sparsity.sum(0))
         n_maps += kappa.shape[0]
     names = list(data.scaler.names)
     per_output = lambda total: dict(zip(names, total.tolist(), strict=True))  # noqa: E731

@@ -44,7 +44,9 @@ rule structures:
             subcategory="{level}",
         ),
     params:
-        config=config_json("structures"),
+        # segmentation: its smoothing_pixels is the default smoothing of the map that classifies
+        # groups (the CLI fills keys it is not passed with the schema defaults, not the config)
+        config=config_json("structures", "segmentation"),
         out_dir=lambda wildcards, output: Path(output.weights).parent,
         sop_dir=lambda wildcards, input: Path(input.sop).parent,
         segments=lambda wildcards, input: (
@@ -78,7 +80,8 @@ rule faithfulness:
             subcategory="{level}",
         ),
     params:
-        config=config_json("evaluation", "structures"),
+        # segmentation: as for rule structures, the map that classifies purity cells
+        config=config_json("evaluation", "structures", "segmentation"),
         out_dir=lambda wildcards, output: Path(output.table).parent,
         backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
         xdnn_dir=lambda wildcards, input: Path(input.xdnn).parent,

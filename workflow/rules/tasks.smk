@@ -117,7 +117,7 @@ use rule faithfulness as faithfulness_vit_maps with:
             subcategory="{level} (ViT)",
         ),
     params:
-        config=vit_config_json("evaluation", "structures"),
+        config=vit_config_json("evaluation", "structures", "segmentation"),
         out_dir=lambda wildcards, output: Path(output.table).parent,
         backbone_dir=lambda wildcards, input: Path(input.backbone).parent,
         xdnn_dir=lambda wildcards, input: Path(input.xdnn).parent,

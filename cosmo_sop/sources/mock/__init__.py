@@ -6,7 +6,9 @@ CCL gives the tomographic convergence spectra (:mod:`.spectra`), from which GLAS
 correlated lognormal maps (:mod:`.lognormal`), on which Poisson-sampled NFW halos are painted
 (:mod:`.halos`); :func:`simulate_mock` writes them, resuming and checking provenance
 (:mod:`.simulate`, :mod:`.writer`). :mod:`.diagnostics` checks the halo mock's physics
-against the lognormal-only mock.
+against the lognormal-only mock. :mod:`.planted` is the planted-signal control
+(``mock.planted``): maps in which the parameters act only through planted voids and clusters,
+or, as the no-signal control, only through smooth fields.
 """
 
 from cosmo_sop.sources.mock.design import cosmology_dtype, draw_cosmologies, unit_design
@@ -24,6 +26,7 @@ from cosmo_sop.sources.mock.lognormal import (
     lognormal_transformations,
     map_rng,
 )
+from cosmo_sop.sources.mock.planted import PlantedComponents, PlantedMock
 from cosmo_sop.sources.mock.simulate import (
     mock_settings,
     regenerate_map,
@@ -52,6 +55,8 @@ __all__ = [
     "HaloModel",
     "MOCK_FORMAT",
     "PROVENANCE_ATTR",
+    "PlantedComponents",
+    "PlantedMock",
     "auto_spectra",
     "ccl_cosmology",
     "config_record",

@@ -9,6 +9,8 @@ a physically grounded stand-in under ``mock.root`` in exactly the layout of
 (:mod:`~cosmo_sop.sources.mock.lognormal`) plus, with ``mock.halos.enabled``, Poisson-sampled
 NFW halos (:mod:`~cosmo_sop.sources.mock.halos`), the lognormal field then carrying the halofit
 power less the halos' one-halo term; :mod:`~cosmo_sop.sources.mock.writer` writes the files.
+With ``mock.planted.enabled`` the maps are instead the planted-signal control
+(:mod:`~cosmo_sop.sources.mock.planted`), in the same layout.
 
 Resuming and provenance
 -----------------------
@@ -54,6 +56,7 @@ from cosmo_sop.sources.mock.lognormal import (
     lognormal_shifts,
     map_rng,
 )
+from cosmo_sop.sources.mock.planted import PlantedMock, check_planted
 from cosmo_sop.sources.mock.spectra import ccl_cosmology, convergence_spectra, tomographic_nz
 from cosmo_sop.sources.mock.writer import (
     map_is_complete,
@@ -121,6 +124,7 @@ def mock_settings(mock_config: Mapping[str, Any] | None, where: str = "config") 
             f"config key 'mock.halos.mass_min' ({halos['mass_min']:.3g}) must be below "
             f"mock.halos.mass_max ({halos['mass_max']:.3g})",
         )
+    check_planted(cfg, where)
     if cfg["lmax"] is None:
         cfg["lmax"] = 2 * cfg["nside"]
     return cfg
@@ -150,9 +154,17 @@ def simulate_cosmology(
     ------
     perm : int
     maps : ndarray, shape (n_bins, 12 nside^2), float32
-        Convergence maps of all bins in RING order, seeded by ``(seed, id_param, perm)``.
+        Convergence maps of all bins in RING order, seeded by ``(seed, id_param, perm)``;
+        with ``mock.planted.enabled`` the planted maps
+        (:meth:`~cosmo_sop.sources.mock.planted.PlantedMock.maps`).
     """
     if len(perms) == 0:
+        return
+    if cfg["planted"]["enabled"]:
+        # The planted maps' background has one fixed cosmology: this one's spectra are not used.
+        planted = PlantedMock.from_config(cfg)
+        for perm in perms:
+            yield int(perm), planted.maps(parameters, seed, perm)
         return
     z, nz = tomographic_nz(cfg["redshift"])
     cosmo = ccl_cosmology(parameters)

@@ -27,6 +27,7 @@ from cosmo_sop.sources.cosmogrid.layout import (
     metainfo_dtype,
 )
 from cosmo_sop.sources.mock.design import draw_cosmologies
+from cosmo_sop.sources.mock.planted import provenance_record as planted_provenance
 from cosmo_sop.storage import atomic_path
 
 #: Version of the map generator: bump it when the same inputs would give different maps,
@@ -126,7 +127,10 @@ def map_provenance(
         },
         "parameters": {name: float(parameters[name]) for name in _MAP_PARAMETERS},
     }
-    if cfg["halos"]["enabled"]:
+    if cfg["planted"]["enabled"]:
+        # a planted map has no halos; its record names every planted key its signal reads
+        record["planted"] = planted_provenance(cfg)
+    elif cfg["halos"]["enabled"]:
         # only then: the maps of a lognormal-only mock keep the record they had before halos
         record["halos"] = {
             key: (value if isinstance(value, str) else float(value))
