@@ -7,8 +7,9 @@ Every Snakemake rule calls one of these subcommands, and a user can call them by
 
 ``--config`` takes a YAML file; ``--config-json`` takes the same keys inline (the workflow passes
 only the keys a step depends on, so Snakemake reruns exactly the steps whose keys changed).
-Both are validated against the config schema and completed with its defaults. Bad input ends
-with a one-line message naming the file and the problem, and exit status 2.
+Both are validated against the config schema and completed with its defaults. Bad input, and a
+file system that refuses a write (read-only, full), end with a one-line message naming the file
+and the problem, and exit status 2.
 
 Heavy libraries are imported inside the subcommands, so ``--help`` is instant and the data-stage
 rules run in an environment without PyTorch.
@@ -17,6 +18,8 @@ rules run in an environment without PyTorch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import os
 import sys
@@ -201,7 +204,13 @@ def _report(args: argparse.Namespace, config: Config) -> None:
 def _show_config(args: argparse.Namespace, config: Config) -> None:
     import yaml
 
-    yaml.safe_dump(config, sys.stdout, sort_keys=False)
+    try:
+        sys.stdout.write(yaml.safe_dump(config, sort_keys=False))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+    except BrokenPipeError:
+        # The reader took what it wanted and left (cosmo-sop config | head -1): nothing is
+        # wrong, and Python's flush at exit must not complain either.
+        _silence_stdout()
 
 
 def _task_images(args: argparse.Namespace, config: Config) -> None:
@@ -403,12 +412,14 @@ COMMANDS = (
 def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
     p = sub.add_parser(command.name, help=command.help, description=command.help)
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--config", type=Path, help="YAML config file (default: built-in defaults)")
+    source.add_argument(
+        "--config", type=_path, help="YAML config file (default: built-in defaults)"
+    )
     source.add_argument("--config-json", help="config keys as a JSON object")
     for flag, help in command.paths:
-        p.add_argument(flag, type=Path, required=True, help=help)
+        p.add_argument(flag, type=_path, required=True, help=help)
     for flag, help in command.optional_paths:
-        p.add_argument(flag, type=Path, help=help)
+        p.add_argument(flag, type=_path, help=help)
     for flag, help in command.words:
         p.add_argument(flag, required=True, help=help)
     for flag, help in command.lists:
@@ -437,6 +448,25 @@ def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
     if command.restart_stale:
         p.add_argument("--restart-stale", action="store_true", help=RESTART_HELP)
     p.set_defaults(func=command.entry)
+
+
+class _EmptyPath(str):
+    """What an empty path option (``--output ""``) parses to: ``Path("")`` would be the working
+    folder, so :func:`main` refuses it with one line instead (argparse's own error prints the
+    usage as well)."""
+
+
+def _path(text: str) -> Path | _EmptyPath:
+    return Path(text) if text.strip() else _EmptyPath(text)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Refuse the empty path options, naming the option."""
+    for dest, value in vars(args).items():
+        if isinstance(value, _EmptyPath):
+            raise InputError(
+                "--" + dest.replace("_", "-"), "empty path (give a file or folder name)"
+            )
 
 
 def _part(text: str) -> str | int:
@@ -477,12 +507,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 success, 2 bad input)."""
+    """Run the CLI; returns the exit status (0 success, also when the reader of ``cosmo-sop
+    config`` went away, as ``| head -1``; 2 bad input, or a file system that refused)."""
     args = _parser().parse_args(argv)
     try:
+        _check_paths(args)
         config = _with_parallel_options(args, _read_config(args))
         args.func(args, config)
     except InputError as exc:
         print(f"cosmo-sop {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # What the writers did not name themselves (a run folder that cannot be created, ...):
+        # a read-only or full file system is the user's to fix, not a traceback to read.
+        print(f"cosmo-sop {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``path: cause [ERRNO]`` for an OSError (both paths of a failed rename)."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno) if exc.errno else None
+    where = exc.filename if exc.filename is not None else "cosmo-sop"
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {cause}" + (f" [{code}]" if code else "")
+
+
+def _silence_stdout() -> None:
+    """Point standard output at /dev/null, so that Python's flush at exit has a reader."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())

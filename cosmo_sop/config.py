@@ -75,12 +75,36 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "config file not found")
     try:
-        config = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"cannot read the config file ({exc})") from None
+    try:
+        config = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise _yaml_error(path, text, exc) from None
     if config is not None and not isinstance(config, dict):
         raise InputError(path, "config must be a mapping of keys to values")
     return validate_config(config, path, whole=True)
+
+
+def _yaml_error(path: Path, text: str, exc: yaml.YAMLError) -> InputError:
+    """One line for a YAML syntax error: ``file:line:column``, PyYAML's words, where the
+    construct it was reading began, and the offending line as it reads (an editor jumps to
+    ``file:line:column``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        return InputError(path, f"not valid YAML ({str(exc).splitlines()[0]})")
+    context, begun = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and begun is not None and (begun.line, begun.column) != (mark.line, mark.column):
+        problem += f" ({context} begun at {begun.line + 1}:{begun.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    lines = text.splitlines()
+    shown = f"line {lines[mark.line].strip()!r}" if mark.line < len(lines) else "the end of file"
+    return InputError(
+        f"{path}:{mark.line + 1}:{mark.column + 1}", f"not valid YAML: {problem}, at {shown}"
+    )
 
 
 @functools.cache
@@ -336,6 +360,9 @@ def _check_sop_patch_tokens(config: dict[str, Any]) -> str | None:
 
 
 def _check_results(config: dict[str, Any]) -> str | None:
+    if not config["results"].strip():
+        # Path("") is the working folder: the workflow would spread its outputs over it.
+        return "config key 'results' is empty: name the folder for the outputs (e.g. results)"
     return _not_a_file("results", config["results"])
 
 

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from cosmo_sop import layout
+from cosmo_sop import __version__, layout
 from cosmo_sop.errors import InputError
 from cosmo_sop.storage import (
+    MARKER_ATTRIBUTE,
     ZARR_FORMAT,
     atomic_path,
     move_into_place,
@@ -136,6 +137,8 @@ def _in_memory_coords(dataset: xr.Dataset) -> xr.Dataset:
     :func:`start` writes them all, in the chunks a single job's write gives them.
     """
     dataset = dataset.copy()
+    # Marked as write_zarr marks a single job's store, so a rerun may replace the output.
+    dataset.attrs.setdefault(MARKER_ATTRIBUTE, __version__)
     for name in list(dataset.coords):
         variable = dataset.variables[name]
         if variable.chunks is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import glob
 import json
 import math
@@ -28,6 +29,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from cosmo_sop import __version__
 from cosmo_sop.errors import InputError
 
 #: Zarr format of every store cosmo-sop writes. Version 2 keeps string coordinates and
@@ -40,6 +42,58 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+#: The attribute that marks a Zarr store as written by cosmo-sop (every store has it: the
+#: writers set it, and :func:`write_zarr` adds it where a dataset lacks it).
+MARKER_ATTRIBUTE = "cosmo_sop_version"
+
+#: Attributes that mark the stores written before every store carried :data:`MARKER_ATTRIBUTE`
+#: (the faithfulness table named the stores it was computed from), so a rerun still replaces them.
+_OLD_MARKERS: tuple[str, ...] = ("explanations_store",)
+
+
+def _store_attributes(path: Path) -> dict[str, Any] | None:
+    """The group attributes of the Zarr (format 2) store at ``path``; None if it is not one."""
+    metadata = path / ".zmetadata"  # consolidated metadata, which every cosmo-sop store has
+    try:
+        if metadata.is_file():
+            attrs = json.loads(metadata.read_text(encoding="utf-8"))["metadata"][".zattrs"]
+        elif (path / ".zgroup").is_file():
+            attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+        else:
+            return None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return attrs if isinstance(attrs, dict) else None
+
+
+def written_by_cosmo_sop(path: str | os.PathLike) -> bool:
+    """Whether the folder ``path`` is a Zarr store that cosmo-sop wrote (it has the group
+    attribute :data:`MARKER_ATTRIBUTE`), which a rerun may replace."""
+    attrs = _store_attributes(Path(path))
+    return attrs is not None and any(key in attrs for key in (MARKER_ATTRIBUTE, *_OLD_MARKERS))
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse to write an output at ``path`` if a folder that cosmo-sop did not write is there.
+
+    Writing an output replaces whatever is at its path, and a folder goes as a whole; a user's
+    folder given as an output by mistake (``--output results``) would vanish with everything in
+    it. Files and symbolic links (the link goes, not what it points to) are replaced as before.
+
+    Raises
+    ------
+    InputError
+        If ``path`` is a folder but not a Zarr store of cosmo-sop.
+    """
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink() and not written_by_cosmo_sop(path):
+        raise InputError(
+            path,
+            "is a folder that cosmo-sop did not write (not one of its Zarr stores); refusing "
+            "to replace it: give another output path, or remove the folder yourself",
+        )
 
 
 #: This machine in temporary names (a results folder may be shared by several hosts), with the
@@ -138,20 +192,83 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     output is removed and ``path`` is left exactly as it was. A process killed mid-write
     cannot clean up, so each write first removes the temporaries of ``path`` that dead writers
     left (:func:`remove_stale_temporaries`).
+
+    Raises
+    ------
+    InputError
+        If a folder that cosmo-sop did not write is at ``path`` (:func:`check_replaceable`),
+        or the file system refuses the write (read-only, full, over quota, permission denied:
+        :func:`unwritable`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    remove_stale_temporaries(_retired(path))
+    check_replaceable(path)  # before any work: a refused output must cost nothing
     tmp = _temporary(path)
-    _remove(tmp)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        remove_stale_temporaries(_retired(path))
+        _remove(tmp)
+    except OSError as exc:  # every step here writes in the output's folder
+        raise unwritable(path, exc) from None
     try:
         yield tmp
-    except BaseException:
-        _remove(tmp)
+    except OSError as exc:
+        _discard(tmp)
+        if _is_write_error(exc, path):
+            raise unwritable(path, exc) from None
         raise
-    honour_umask(tmp)  # before the rename: the output never appears with narrower permissions
-    _replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    try:
+        honour_umask(tmp)  # before the rename: the output never appears with narrower permissions
+        _replace(tmp, path)
+    except OSError as exc:
+        _discard(tmp)
+        raise unwritable(path, exc) from None
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a failed write's temporary; a file system that refuses even that (read-only)
+    must not hide the error that brought us here."""
+    with contextlib.suppress(OSError):
+        _remove(tmp)
+
+
+#: Errors only a write meets (a read never fills a disk or a quota, or meets a read-only mount).
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+#: Errors a write and a read share: the output's only where they name a path of the output.
+_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+def _is_write_error(exc: OSError, path: Path) -> bool:
+    """Whether ``exc``, raised while the output at ``path`` was written, is the file system
+    refusing that write (and not, say, an input file that cannot be read)."""
+    if exc.errno in _WRITE_ERRNOS:
+        return True
+    if exc.errno not in _DENIED_ERRNOS or exc.filename is None:
+        return False
+    # Zarr names absolute paths where the writer was given relative ones.
+    refused = os.path.abspath(os.fspath(exc.filename))
+    return refused.startswith(os.path.join(os.path.abspath(path.parent), ""))
+
+
+def unwritable(path: str | os.PathLike, exc: OSError) -> InputError:
+    """The one-line error for an output at ``path`` that the file system refused: the cause in
+    words and its errno name, e.g. ``results/patches.zarr: cannot write: No space left on
+    device [ENOSPC]``, and the path refused where it is not the output's own temporary."""
+    path = Path(path)
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno) if exc.errno else None
+    problem = f"cannot write: {cause}" + (f" [{code}]" if code else "")
+    if exc.filename is not None:
+        refused = os.path.abspath(os.fspath(exc.filename))
+        if not refused.startswith((os.path.abspath(path), os.path.abspath(_temporary(path)))):
+            problem += f" at {exc.filename}"
+    return InputError(path, problem)
 
 
 def move_into_place(source: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -159,6 +276,7 @@ def move_into_place(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     the umask's permissions, replacing an old output without a moment of none); for outputs
     that several processes build (:mod:`cosmo_sop.fanout`), where no single block writes them."""
     source, path = Path(source), Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(_retired(path))
     honour_umask(source)
@@ -173,6 +291,11 @@ def _replace(tmp: Path, path: Path) -> None:
     if not (tmp.is_dir() or path.is_dir()):
         os.replace(tmp, path)  # atomic, also over an existing file
         return
+    # Checked again at the last moment: a folder may have appeared since the write began, and
+    # a file (a figure, a record) never replaces a folder, not even a store.
+    check_replaceable(path)
+    if path.is_dir() and not path.is_symlink() and not tmp.is_dir():
+        raise InputError(path, "is a folder; refusing to replace it with a file")
     # A directory cannot be renamed onto a non-empty one; removing the old store in place, file
     # by file, could be cut short and leave a store with holes. Renames cannot be.
     old = _temporary(_retired(path))
@@ -192,8 +315,12 @@ def write_zarr(ds: xr.Dataset, path: str | os.PathLike, **to_zarr_kwargs) -> Pat
     """Write ``ds`` to a Zarr store at ``path`` atomically and return the path.
 
     Dask-backed variables are computed while writing, chunk by chunk, so the dataset never has
-    to fit in memory.
+    to fit in memory. The store carries :data:`MARKER_ATTRIBUTE` (added if ``ds`` lacks it),
+    by which a rerun knows it may replace it (:func:`check_replaceable`).
     """
+    if MARKER_ATTRIBUTE not in ds.attrs:  # the mark by which a rerun may replace the store
+        ds = ds.copy()
+        ds.attrs = {**ds.attrs, MARKER_ATTRIBUTE: __version__}
     with atomic_path(path) as tmp:
         ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT, consolidated=True, **to_zarr_kwargs)
     return Path(path)

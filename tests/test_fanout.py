@@ -189,7 +189,9 @@ def test_an_unreachable_scheduler_is_one_line(release, tmp_path, capsys, monkeyp
             "--dask-scheduler",
             "tcp://127.0.0.1:9",
             "--config-json",
-            json.dumps({"source": "cosmogrid", "cosmogrid": {"root": root, "perms": 2}}),
+            json.dumps(
+                {"source": "cosmogrid", "cosmogrid": {"root": root, "perms": 2}, "ingest": INGEST}
+            ),
         ]
     )
     assert status == 2

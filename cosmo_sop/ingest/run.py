@@ -146,6 +146,7 @@ def patch_dataset(
     centres_nside = int(settings["centres_nside"])
     check_patches_disjoint(centres_nside, size, resolution)
     nside = _first_nside(maps, bins, ia_amplitude, skipped)
+    check_resolution(resolution, nside)
     lon, lat = patch_centres(centres_nside)
 
     geometry = (size, resolution, centres_nside)
@@ -160,6 +161,35 @@ def patch_dataset(
     dataset = xr.Dataset({"kappa": (dims, kappa, kappa_attrs)}, coords=coords)
     dataset.attrs["nside"] = int(nside)
     return dataset
+
+
+def check_resolution(resolution_arcmin: float, nside: int) -> None:
+    """Refuse a patch pixel finer than half the HEALPix pixel of the maps.
+
+    Finer patch pixels only repeat the map's pixels (the patches are a nearest-pixel gather):
+    the patches look sharp, the networks learn the HEALPix pixel shapes, and nothing warns.
+    Half a pixel still lets a patch place the pixel edges within one patch pixel.
+
+    Parameters
+    ----------
+    resolution_arcmin
+        The patch pixel (config key ``ingest.resolution_arcmin``), in arcmin.
+    nside
+        HEALPix nside of the maps.
+
+    Raises
+    ------
+    InputError
+        Naming the config key, both pixel sizes (arcmin) and the nside.
+    """
+    side = float(np.degrees(np.sqrt(4 * np.pi / (12 * nside**2))) * 60)  # arcmin
+    if resolution_arcmin < side / 2:
+        raise InputError(
+            "config key 'ingest.resolution_arcmin'",
+            f"{resolution_arcmin:g} arcmin is finer than the maps hold: their HEALPix pixels "
+            f"(nside {nside}) are {side:.3g} arcmin across, so a patch pixel must be at least "
+            f"half that, {side / 2:.3g} arcmin",
+        )
 
 
 def _lazy_patches(

@@ -32,6 +32,7 @@ from cosmo_sop.models.architectures import backbone_from_config
 from cosmo_sop.models.sop import SumOfParts
 from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.weights import load_sidecar, load_weights
+from cosmo_sop.storage import MAX_MAGNITUDE
 
 if TYPE_CHECKING:
     from cosmo_sop.training.data import PatchData
@@ -149,13 +150,21 @@ class TrainedSOP:
             Convergence patches, (C, H, W) or (N, C, H, W), physical units.
         segments
             Integer segment labels, (H, W) or (N, H, W); required for segment tokens.
+
+        Raises
+        ------
+        InputError
+            If ``kappa`` is not a (C, H, W) or (N, C, H, W) array of numbers, or holds NaN,
+            infinity or values above :data:`cosmo_sop.storage.MAX_MAGNITUDE` in magnitude
+            (which the attention's sparsemax cannot handle), or ``segments`` is not an
+            integer array.
         """
-        x = torch.as_tensor(np.asarray(kappa, dtype=np.float32))
+        x = torch.as_tensor(_checked_maps(kappa))
         if x.ndim == 3:
             x = x[None]
         seg = None
         if segments is not None:
-            seg = torch.as_tensor(np.asarray(segments, dtype=np.int64))
+            seg = torch.as_tensor(_checked_segments(segments))
             seg = seg[None] if seg.ndim == 2 else seg
         elif self.tokens == "segments":
             raise ValueError("this SOP model groups watershed segments: pass segments=")
@@ -188,6 +197,53 @@ class TrainedSOP:
     def predict(self, kappa: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
         """(N, 2) predictions of (Omega_m, sigma_8) in physical units."""
         return self.explain(kappa, segments).prediction
+
+
+def _checked_maps(kappa: Any) -> np.ndarray:
+    """``kappa`` as float32 after the checks of :meth:`TrainedSOP.explain`, named ``kappa``.
+
+    A NaN or a huge pixel otherwise fails deep inside the attention (an index error in
+    entmax) with nothing that points at the input; the stores get the same checks
+    (:func:`cosmo_sop.storage.open_zarr`).
+    """
+    try:
+        array = np.asarray(kappa, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError("kappa", f"not an array of numbers ({exc})") from None
+    if array.ndim not in (3, 4) or array.size == 0:
+        raise InputError(
+            "kappa", f"expected maps of shape (C, H, W) or (N, C, H, W), got {array.shape}"
+        )
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise InputError(
+            "kappa",
+            f"holds NaN or infinity in {int((~finite).sum())} pixel(s), first at index {first}",
+        )
+    peak = float(np.abs(array).max())
+    if peak > MAX_MAGNITUDE:
+        raise InputError(
+            "kappa",
+            f"holds values above {MAX_MAGNITUDE:g} in magnitude (up to {peak:.3g}); "
+            "convergence maps are of order 0.01: is the map mis-scaled?",
+        )
+    return array.astype(np.float32)
+
+
+def _checked_segments(segments: Any) -> np.ndarray:
+    """``segments`` as int64, refusing what is not an array of whole numbers."""
+    try:
+        array = np.asarray(segments)
+    except (TypeError, ValueError) as exc:
+        raise InputError("segments", f"not an array of labels ({exc})") from None
+    if array.dtype.kind == "f" and not (
+        np.isfinite(array).all() and (array == np.round(array)).all()
+    ):
+        raise InputError("segments", "holds NaN, infinity or fractions; expected integer labels")
+    if array.dtype.kind not in "iubf":
+        raise InputError("segments", f"expected integer labels, got dtype {array.dtype}")
+    return array.astype(np.int64)
 
 
 def load_sop(run_dir: str | os.PathLike) -> TrainedSOP:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from cosmo_sop import __version__
 from cosmo_sop.errors import InputError
@@ -28,8 +28,12 @@ def save_weights(
     path = Path(path)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
     write_json(path.with_suffix(".json"), sidecar)
+    # Serialised in memory and written by Python, so a full disk is an OSError with its errno
+    # (safetensors' writer reports it as its own error type), which atomic_path turns into one
+    # line naming the file.
+    content = save(tensors, metadata={"format": "pt", "cosmo_sop_version": __version__})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "cosmo_sop_version": __version__})
+        tmp.write_bytes(content)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

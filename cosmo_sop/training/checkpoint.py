@@ -10,6 +10,7 @@ checkpoint of another configuration or other data is never resumed by mistake.
 from __future__ import annotations
 
 import hashlib
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,13 @@ def write_checkpoint(path: Path, run_hash: str, **state: Any) -> None:
     """
     checkpoint = {"format": CHECKPOINT_FORMAT, "config_hash": run_hash, **state}
     checkpoint["rng"] = rng_states()
+    # Serialised in memory and written by Python: torch's own file writer reports a full disk
+    # as "basic_ios::clear: iostream error", Python's as an OSError with its errno, which
+    # atomic_path turns into one line naming the file. A checkpoint is a few MB.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
     with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:

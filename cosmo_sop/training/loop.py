@@ -50,6 +50,7 @@ from cosmo_sop.batch_shard import BatchShard, computing_shard
 from cosmo_sop.errors import InputError
 from cosmo_sop.layout import CHECKPOINT, METRICS, WEIGHTS
 from cosmo_sop.models.weights import save_weights
+from cosmo_sop.storage import unwritable
 from cosmo_sop.training import distributed
 from cosmo_sop.training.augment import MAP_KEYS, augment_batch, mask_random_groups
 from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
@@ -152,7 +153,10 @@ def fit(
     # Several processes under torchrun: all compute, process 0 alone writes.
     with distributed.session(cfg["device"]) as world:
         if world.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only or full results folder: one line, no traceback
+                raise unwritable(run_dir, exc) from None
         with run_scope(cfg, model, trainable):
             run = _Run(model, predict, cfg, train_data, val_data, trainable, on_batch_end, world)
             try:

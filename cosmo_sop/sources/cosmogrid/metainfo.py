@@ -86,7 +86,28 @@ def read_parameters(root: str | os.PathLike, simulation_set: str) -> np.ndarray:
             f"table 'parameters/{simulation_set}' lists cosmology id(s) {shown} more than once "
             "(one row per cosmology expected)",
         )
+    _check_labels(table, metainfo_path(root), f"parameters/{simulation_set}")
     return table
+
+
+#: The parameters the networks learn: every row must give each a finite, positive number.
+_LABELS = ("Om", "s8")
+
+
+def _check_labels(table: np.ndarray, path: Path, name: str) -> None:
+    """Refuse a parameters table whose Om or s8 is NaN, infinite or not positive somewhere,
+    naming the first such cosmology (else it surfaces at training, as a NaN loss)."""
+    for column in _LABELS:
+        values = np.asarray(table[column], dtype=np.float64)
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            first = int(np.argmax(bad))
+            more = f" ({int(bad.sum()) - 1} more rows too)" if bad.sum() > 1 else ""
+            raise InputError(
+                path,
+                f"table '{name}' gives cosmology {cosmology_ids(table)[first]} "
+                f"{column} = {values[first]:g}, not a finite positive number{more}",
+            )
 
 
 def read_simulations(root: str | os.PathLike, simulation_set: str) -> np.ndarray:
