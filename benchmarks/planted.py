@@ -12,7 +12,8 @@ seed a new mock, new training and new bootstrap draws. Prints, per class and hyp
 :mod:`cosmo_sop.structures.findings`, how often a finding is called: with the signal on, that is
 the power (findings are one-sided, in the planted direction); with it off, the false-positive
 rate, which should not exceed the nominal 5 % beyond what so few seeds resolve (the intervals
-are Clopper-Pearson, 95 %). Also prints the backbone's standardised test MSE per output (1 is
+are Clopper-Pearson, 95 %). Beside them, the two-sided verdicts of the ratios alone (agrees,
+disagrees, inconclusive), which show an effect on either side of 1. Also prints the backbone's standardised test MSE per output (1 is
 the prior's variance): a control the CNN cannot learn tests nothing. ``--write`` saves the
 table as JSON, which the report shows beside a run's verdicts. Slow (10 workflow runs, about
 8 minutes each on 2 cores). Not a test.
@@ -27,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +123,8 @@ def tally(runs: dict[str, list[Path]]) -> list[dict[str, Any]]:
                         "ci_low": interval.low,
                         "ci_high": interval.high,
                         "n_contributing": [run[i]["n_contributing"] for run in records],
+                        # the two-sided verdict of the ratio alone, on either side of 1
+                        "outcomes": dict(Counter(run[i]["outcome"] for run in records)),
                     }
                 )
     return rows
@@ -146,6 +150,7 @@ def print_table(rows: list[dict[str, Any]], mse: dict[str, dict[str, list[float]
             f"{row['findings']:>4} of {row['runs']:<2}  {row['rate']:.2f} "
             f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
             + (f"  ({row['untested']} untested)" if row["untested"] else "")
+            + f"  verdicts: {row['outcomes']}"
         )
     for signal, outputs in mse.items():
         text = ", ".join(f"{o} {min(v):.3f}–{max(v):.3f}" for o, v in outputs.items())

@@ -577,3 +577,16 @@ def test_report_sets_other_runs_and_the_halo_checks_beside_this_one(results, tmp
     (figures / "mock_halos.json").unlink()
     plain = write_report(root, ["noiseless"], tmp_path / "p.html").read_text(encoding="utf-8")
     assert 'id="comparison"' not in plain and 'id="mock-halos"' not in plain
+
+
+def test_calibration_rows_set_power_beside_false_positives():
+    from cosmo_sop.report.verdicts import calibration_rows
+
+    rows = [
+        {"signal": s, "definition": "void_paper", "hypothesis": "selector", "findings": k,
+         "runs": 5, "rate": k / 5, "ci_low": lo, "ci_high": hi}
+        for s, k, lo, hi in (("structures", 5, 0.48, 1.0), ("smooth", 0, 0.0, 0.52))
+    ]  # fmt: skip
+    assert calibration_rows({"rows": rows}) == [
+        ["void_paper", "selector", "5 of 5 (1.00 [0.48, 1.00])", "0 of 5 (0.00 [0.00, 0.52])"]
+    ]

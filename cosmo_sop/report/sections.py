@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,12 @@ from cosmo_sop.report.tables import (
     table,
 )
 from cosmo_sop.report.verdicts import (
+    CALIBRATION_FILE,
     FINDING_RULE,
     HYPOTHESIS_QUESTIONS,
     agreement,
     bootstrap_note,
+    calibration_rows,
     finding_count,
     finding_text,
     group_pixels_note,
@@ -231,6 +234,21 @@ def faithfulness(results: Path, level: str) -> dict[str, Any]:
 # (c) Voids and clusters
 
 
+def _calibration() -> dict[str, Any] | None:
+    """The planted control's power and false-positive rate, as the package records them
+    (benchmarks/planted.py --write); None where not measured."""
+    resource = files("cosmo_sop.report") / CALIBRATION_FILE
+    if not resource.is_file():
+        return None
+    content = json.loads(resource.read_text())
+    header = ["class", "hypothesis", "findings, signal on (power)", "signal off (false positives)"]
+    return {
+        "seeds": content.get("seeds"),
+        "config": content.get("config"),
+        "table": table(header, calibration_rows(content)),
+    }
+
+
 def _verdicts(path: Path) -> dict[str, Any] | None:
     content = read_verdicts(path)
     if content is None:
@@ -259,6 +277,7 @@ def _verdicts(path: Path) -> dict[str, Any] | None:
         "findings": finding_count(records),
         "finding_rule": FINDING_RULE,
         "questions": HYPOTHESIS_QUESTIONS,
+        "calibration": _calibration(),
         "note": bootstrap_note(content),
         "selectors": selector_note(content),
         "group_pixels": group_pixels_note(content),

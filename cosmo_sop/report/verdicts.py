@@ -340,3 +340,30 @@ def findings_cell(records: Iterable[Mapping[str, Any]]) -> str | None:
     if counted is None:
         return None
     return ", ".join(f"{name} {c['findings']} of {c['tested']}" for name, c in counted.items())
+
+
+#: The planted control's measured power and false-positive rate (benchmarks/planted.py
+#: --write), shown beside every run's verdicts.
+CALIBRATION_FILE = "planted_calibration.json"
+
+
+def calibration_rows(content: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows (class, hypothesis, findings with the signal on, with it off) of the planted
+    control's table (:data:`CALIBRATION_FILE`), each as ``"k of n (rate [low, high])"``."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for row in content.get("rows", []):
+        key = (str(row["definition"]), str(row["hypothesis"]))
+        text = (
+            f"{row['findings']} of {row['runs']} ({row['rate']:.2f} "
+            f"[{row['ci_low']:.2f}, {row['ci_high']:.2f}])"
+        )
+        if row.get("untested"):
+            text += f", {row['untested']} not tested (no verdict)"
+        outcomes = row.get("outcomes") or {}
+        if outcomes:
+            text += "; ratio alone: " + ", ".join(f"{n} {o}" for o, n in outcomes.items())
+        cells.setdefault(key, {})[str(row["signal"])] = text
+    return [
+        [definition, hypothesis, by.get("structures", ""), by.get("smooth", "")]
+        for (definition, hypothesis), by in cells.items()
+    ]
