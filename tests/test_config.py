@@ -21,6 +21,11 @@ def test_demo_config_is_valid_and_defaults_are_filled():
     config = load_config(ROOT / "config" / "config.yaml")
     assert config["source"] == "mock"
     assert config["ingest"]["split"] == {"train": 0.65, "val": 0.1, "test": 0.25}
+    # issue 24: at least 40 test cosmologies for the verdicts, at least 100 to train on
+    from cosmo_sop.ingest.split import split_counts
+
+    counts = split_counts(config["mock"]["n_cosmologies"], config["ingest"]["split"])
+    assert counts["test"] >= 40 and counts["train"] >= 100
     assert {level["name"] for level in config["noise"]} == {"noiseless", "stage3"}
     stage3 = next(level for level in config["noise"] if level["name"] == "stage3")
     assert stage3["smoothing_fwhm_arcmin"] == 0.0  # default filled inside a list item
