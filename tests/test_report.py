@@ -326,6 +326,9 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert re.search(r"groups hypothesis \(.*?\): \d of \d classes tested", page)
     assert "Holm p" in page and "log ratio, SOP − null" in page
     assert "selector: finding, beyond uniform scores, trained groups (Holm p" in page
+    # the planted control's measured power and false positives, as the package records them
+    assert "Does the test find a planted effect, and stay silent without one?" in page
+    assert "findings, signal on (power)" in page
     assert re.search(r"voids \(paper: .*?\): \d+ definitions?: \d+ agree", page)
     assert "3.25" in page and "12.5" in page  # non-zero groups per map, mean size in %
     assert '<td class="num">0.71</td><td class="num">0.66</td>' in page  # SOP's purity

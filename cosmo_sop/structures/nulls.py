@@ -2,10 +2,12 @@
 
 A weight ratio that agrees with the paper may come from how the model starts, or from how the
 groups are drawn, rather than from training. The structures step therefore weighs, beside the
-trained SOP's groups, the groups and scores of three nulls, on the same maps, with the same
-definitions and the same bootstrap draws (:mod:`~cosmo_sop.structures.findings` compares them):
+trained SOP's groups, the groups and scores of the nulls of ``structures.nulls`` (by default
+``uniform`` and ``random``, the nulls of the two hypotheses of
+:mod:`~cosmo_sop.structures.findings`, which tests each class against them), on the same maps,
+with the same definitions and the same bootstrap draws:
 
-``initial``
+``initial`` (on request)
     The SOP at initialisation, rebuilt around the trained model's frozen backbone with
     :meth:`~cosmo_sop.models.sop.SumOfParts.from_config` under the seed the training
     initialised it with (:func:`initial_sop`): its own groups and its own scores.
