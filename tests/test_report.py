@@ -322,8 +322,8 @@ def test_report_has_every_section_numbers_verdicts_and_figures(results, tmp_path
     assert sum("agrees with the paper" in s for s in sentences.values()) >= 2
     assert "Does this run agree with the paper?" in page
     # both hypotheses of every class, against their own nulls, with Holm-adjusted p-values
-    assert re.search(r"selector hypothesis \(.*?\): \d of \d classes tested", page)
-    assert re.search(r"groups hypothesis \(.*?\): \d of \d classes tested", page)
+    assert re.search(r"selector hypothesis \(.*?\): \d findings? among \d class(es)? tested", page)
+    assert re.search(r"groups hypothesis \(.*?\): \d findings? among \d class(es)? tested", page)
     assert "Holm p" in page and "log ratio, SOP − null" in page
     assert "selector: finding, beyond uniform scores, trained groups (Holm p" in page
     # the planted control's measured power and false positives, as the package records them

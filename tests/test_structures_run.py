@@ -96,7 +96,7 @@ def test_structure_analysis_writes_weights_verdicts_and_figures(science_runs, tm
             if hypothesis["finding"]:
                 assert hypothesis["p_adjusted"] < 0.05
                 assert hypothesis["p_adjusted"] >= hypothesis["p_value"]
-    assert cluster["hypotheses"]["selector"]["untested"] == "no verdict (no_groups)"
+    assert cluster["hypotheses"]["selector"]["untested"] == "no verdict: no_groups"
     if void["outcome"] != "too_few":
         test = void["nulls"]["uniform"]["test"]
         # uniform scores give a log ratio of exactly 0 in every replicate

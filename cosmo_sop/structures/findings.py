@@ -127,7 +127,7 @@ def _untested(record: Mapping[str, Any], side: int, null: Mapping[str, Any] | No
     if side == 0:
         return "the paper predicts nothing for this kind"
     if record["outcome"] not in TESTED_OUTCOMES:
-        return f"no verdict ({record['outcome']})"
+        return f"no verdict: {record['outcome']}"
     if null is None:
         return "null not computed"
     if null["ratio"] is None:
