@@ -22,7 +22,6 @@ table as JSON, which the report shows beside a run's verdicts. Slow (10 workflow
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -34,6 +33,7 @@ from typing import Any
 
 import yaml
 from scipy.stats import binomtest
+from snakemake.utils import update_config
 
 from cosmo_sop import layout
 from cosmo_sop.report.inputs import read_test_metrics
@@ -45,22 +45,13 @@ LEVEL = "noiseless"
 SIGNALS = ("structures", "smooth")
 
 
-def _deep_update(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_update(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def run_config(planted: Path, work: Path, signal: str, seed: int) -> dict:
     """config/config.yaml with ``planted`` and this run's seed, signal and folders on top."""
+    # merged as Snakemake merges --configfile files over the Snakefile's configfile
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config = _deep_update(config, yaml.safe_load(planted.read_text()))
+    update_config(config, yaml.safe_load(planted.read_text()))
     name = f"{signal}_seed{seed}"
-    return _deep_update(
+    update_config(
         config,
         {
             "seed": seed,
@@ -68,6 +59,7 @@ def run_config(planted: Path, work: Path, signal: str, seed: int) -> dict:
             "mock": {"root": str(work / name / "mock"), "planted": {"signal": signal}},
         },
     )
+    return config
 
 
 def run_workflow(config: dict, cores: int) -> Path:

@@ -168,13 +168,13 @@ def with_nulls(
     definition = str(record["definition"])
     outputs = [str(o) for o in table["output"].values]
     side = predicted_side(record.get("kind"), outputs)
+    confidence = float(table.attrs["confidence"])
     compared: dict[str, dict[str, Any]] = {}
     for name, null_table in nulls.items():
         null = _null_summary(null_table, definition)
         reason = _untested(record, side, null)
         if reason is None and 0 < null["n_contributing"] < min_blocks:
             reason = f"the null's class lies in fewer than {min_blocks} cosmologies"
-        confidence = float(table.attrs["confidence"])
         null["test"] = (
             {"untested": reason}
             if reason

@@ -116,9 +116,7 @@ def _bootstrap_intervals(
     boot_ratio = _ratio(boot_mean)
     lo, hi = interval(boot_mean, confidence)
     # the ratio, skewed and biased over few cosmologies: BCa, jackknifed over the same blocks
-    codes = block_codes(blocks, per_map.shape[0])
-    per_block = np.zeros((codes.max() + 1, *per_map.shape[1:]))
-    np.add.at(per_block, codes, per_map)
+    per_block = _block_sums(per_map, blocks)
     total = per_block.sum(axis=0)
     estimate = _ratio(_mean(total[..., 0], total[..., 1]))
     left_out = total - per_block
@@ -152,13 +150,18 @@ def score_evenness(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (entropy[usable] / np.log(n_valid[usable])[:, None]).mean(axis=0)
 
 
+def _block_sums(per_map: np.ndarray, blocks: np.ndarray | None) -> np.ndarray:
+    """Per-map values (N, ...) summed within each resampling block (K, ...)."""
+    codes = block_codes(blocks, per_map.shape[0])
+    per_block = np.zeros((codes.max() + 1, *per_map.shape[1:]))
+    np.add.at(per_block, codes, per_map)
+    return per_block
+
+
 def _contributing_blocks(group_count: np.ndarray, blocks: np.ndarray | None) -> np.ndarray:
     """How many resampling blocks (cosmologies) hold at least one group of each class and
     output (D, O): the units a class's interval really rests on."""
-    codes = block_codes(blocks, group_count.shape[0])
-    per_block = np.zeros((codes.max() + 1, *group_count.shape[1:]))
-    np.add.at(per_block, codes, group_count)
-    return (per_block > 0).sum(axis=0).astype(np.int64)
+    return (_block_sums(group_count, blocks) > 0).sum(axis=0).astype(np.int64)
 
 
 def weight_table(
