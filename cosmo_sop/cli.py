@@ -198,7 +198,7 @@ def _summary_statistics(args: argparse.Namespace, config: Config) -> None:
 def _report(args: argparse.Namespace, config: Config) -> None:
     from cosmo_sop.report.build import write_report
 
-    write_report(args.results, args.levels, args.output, config=config)
+    write_report(args.results, args.levels, args.output, config=config, benchmarks=args.benchmarks)
 
 
 def _show_config(args: argparse.Namespace, config: Config) -> None:
@@ -239,6 +239,7 @@ class Command:
     optional_paths: tuple[tuple[str, str], ...] = ()
     words: tuple[tuple[str, str], ...] = ()  # required options taking one word
     lists: tuple[tuple[str, str], ...] = ()  # required options taking one or more words
+    optional_path_lists: tuple[tuple[str, str], ...] = ()  # options taking one or more paths
     workers: bool = False  # --workers, and --dask-scheduler for the array work
     parts: bool = False  # --part, --parts, --cosmologies-per-job: one job of a step in parts
     restart_stale: bool = False
@@ -392,6 +393,13 @@ COMMANDS = (
         "the HTML report of a run",
         paths=(("--results", "results folder"), ("--output", "HTML file to write")),
         lists=(("--levels", "noise levels, in display order"),),
+        optional_path_lists=(
+            (
+                "--benchmarks",
+                "the jobs' benchmark records for the table of where the time went "
+                "(default: every one under the results folder's benchmarks/)",
+            ),
+        ),
     ),
     Command(
         "task-images",
@@ -424,6 +432,8 @@ def _add_command(sub: argparse._SubParsersAction, command: Command) -> None:
         p.add_argument(flag, required=True, help=help)
     for flag, help in command.lists:
         p.add_argument(flag, nargs="+", required=True, help=help)
+    for flag, help in command.optional_path_lists:
+        p.add_argument(flag, type=_path, nargs="+", help=help)
     if command.workers:
         p.add_argument("--workers", type=int, default=1, help="parallel workers (default 1)")
         p.add_argument(
@@ -463,7 +473,8 @@ def _path(text: str) -> Path | _EmptyPath:
 def _check_paths(args: argparse.Namespace) -> None:
     """Refuse the empty path options, naming the option."""
     for dest, value in vars(args).items():
-        if isinstance(value, _EmptyPath):
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(item, _EmptyPath) for item in values):
             raise InputError(
                 "--" + dest.replace("_", "-"), "empty path (give a file or folder name)"
             )

@@ -16,6 +16,7 @@ report and the figures all take their paths from here, so a name changes in one 
         figures/
       report.html                       report
       logs/
+      benchmarks/<rule>/<job>.tsv       every job: Snakemake's record of its time and memory
       vit_maps/<level>/...              task vit_maps: models/, explanations.zarr, science/
       vit_images/  bert_text/           the image and text tasks (task_metrics.json last)
 
@@ -60,6 +61,9 @@ __all__ = [
     "sweep_model_dir",
     "sweep_keep_fraction",
     "SWEEP_PREFIX",
+    "benchmark",
+    "benchmark_rule",
+    "benchmarks",
     "TASKS",
     "TASK_METRICS",
     "task_dir",
@@ -199,6 +203,44 @@ def log(results: Folder, name: str) -> Path:
     return Path(results) / "logs" / f"{name}.log"
 
 
+def benchmarks(results: Folder) -> Path:
+    """The folder of every job's benchmark record (:func:`benchmark`)."""
+    return Path(results) / "benchmarks"
+
+
+def benchmark(results: Folder, rule: str, name: str | None = None) -> Path:
+    """The benchmark record of one job of ``rule``: the file of a rule's ``benchmark:``.
+
+    Snakemake writes it when the job ends: a TSV of one header and one row with the columns
+    ``s``, ``h:m:s``, ``max_rss``, ``max_vms``, ``max_uss``, ``max_pss``, ``io_in``,
+    ``io_out``, ``mean_load`` and ``cpu_time`` (seconds, MiB, MiB read and written, CPU
+    seconds); the report's table of where the time went reads them
+    (:func:`cosmo_sop.report.inputs.read_benchmarks`).
+
+    Parameters
+    ----------
+    results
+        The results folder.
+    rule
+        The name of the rule, the folder of its jobs' records: the reader takes the rule from
+        the folder (:func:`benchmark_rule`), never from the file name.
+    name
+        The job's name, as its log's (:func:`log`), e.g. ``"train_{model}_{level}"``: a
+        Snakemake pattern with the rule's wildcards. Default: ``rule`` (a rule of one job).
+
+    Returns
+    -------
+    Path
+        ``results/benchmarks/<rule>/<name>.tsv``.
+    """
+    return benchmarks(results) / rule / f"{name or rule}.tsv"
+
+
+def benchmark_rule(path: Folder) -> str:
+    """The rule whose job wrote the benchmark record ``path`` (:func:`benchmark`)."""
+    return Path(path).parent.name
+
+
 def parts_dir(store: Folder) -> Path:
     """Where the jobs of a store written in parts meet (config key
     ``parallel.cosmologies_per_job``): a hidden folder beside it with the store being filled,
@@ -238,5 +280,5 @@ def shared_entries() -> tuple[str, ...]:
     """Names that ``results/`` itself holds beside the level folders, which no noise level may
     take (a level ``figures`` would write into the shared figures)."""
     root = Path()
-    shared = (patches(root), figures(root), report(root), log(root, "_").parent)
+    shared = (patches(root), figures(root), report(root), log(root, "_").parent, benchmarks(root))
     return tuple(path.name for path in shared) + TASKS

@@ -190,6 +190,7 @@ def test_a_steps_own_sections_are_not_checked_against_default_neighbours(tmp_pat
         ({"noise": [{"name": "a/b"}]}, "starting with a letter or digit"),
         ({"noise": [{"name": "figures"}]}, "names a level 'figures', which the results folder"),
         ({"noise": [{"name": "patches.zarr"}]}, "names a level 'patches.zarr'"),
+        ({"noise": [{"name": "benchmarks"}]}, "names a level 'benchmarks'"),  # the jobs' records
         ({"noise": [{"name": "Deep"}, {"name": "deep"}]}, "one folder on a case-insensitive"),
         ({"structures": {"definitions": [{"name": "..", "kind": "void"}]}}, "definitions.0.name"),
         # lists whose repeats would be silently doubled

@@ -17,6 +17,8 @@ from fixtures.stores import INGEST_ATTRS, write_patch_store
 from markupsafe import escape
 from matplotlib.figure import Figure
 
+from cosmo_sop import layout
+from cosmo_sop.cli import main
 from cosmo_sop.errors import InputError
 from cosmo_sop.faithfulness.summary import Entry, summarise, summary_dataset, write_summary_csv
 from cosmo_sop.figures.predictions import (
@@ -31,7 +33,8 @@ from cosmo_sop.report import (
     verdict_summary,
     write_report,
 )
-from cosmo_sop.report.inputs import read_verdicts
+from cosmo_sop.report.inputs import benchmark_files, read_benchmarks, read_verdicts
+from cosmo_sop.report.sections import TIMING_HEADER, timing
 from cosmo_sop.report.tables import number
 from cosmo_sop.storage import write_zarr
 from cosmo_sop.structures import assess, classify, group_statistics, verdicts, weight_table
@@ -593,3 +596,140 @@ def test_calibration_rows_set_power_beside_false_positives():
     assert calibration_rows({"rows": rows}) == [
         ["void_paper", "selector", "5 of 5 (1.00 [0.48, 1.00])", "0 of 5 (0.00 [0.00, 0.52])"]
     ]
+
+
+# --- where the time went: the jobs' benchmark records --------------------------------------------
+
+
+def _benchmark(
+    results: Path, rule: str, name: str, seconds: float, rss: float | None, extended=False
+) -> Path:
+    """A job's benchmark record as Snakemake writes it (its own writer), at
+    layout.benchmark(results, rule, name); ``rss`` None: no sample taken ("NA")."""
+    from snakemake.benchmark import BenchmarkRecord, write_benchmark_records
+
+    record = BenchmarkRecord(
+        running_time=seconds,
+        max_rss=rss,
+        max_vms=2 * (rss or 0),
+        max_uss=rss,
+        max_pss=rss,
+        io_in=1.0,
+        io_out=2.0,
+        cpu_time=seconds,
+    )
+    # the job's details, as Snakemake's executor sets them (extended format only)
+    record.jobid, record.rule_name, record.threads, record.input = 1, rule, 1, []
+    record.wildcards, record.params, record.resources = {}, {}, {}
+    record.data_collected = rss is not None
+    record.process_gone = rss is None  # a job faster than the first sample, as Snakemake says
+    path = layout.benchmark(results, rule, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_benchmark_records([record], str(path), extended)
+    return path
+
+
+def _timing_rows(page: str) -> list[list[str]]:
+    """The cells of the page's timing table, row by row."""
+    section = page[page.index('<h2 id="timing">') :]
+    body = section[section.index("<tbody>") : section.index("</tbody>")]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in body.split("<tr>")[1:]]
+
+
+def test_the_timing_table_sums_snakemakes_records_per_rule(tmp_path):
+    """Records written by Snakemake's own writer (one in its extended format), read from
+    results/benchmarks/<rule>/<job>.tsv and summed per rule into the report's table."""
+    results = tmp_path / "results"
+    _benchmark(results, "train_backbone", "train_backbone_noiseless", 100.0, 500.0)
+    _benchmark(results, "train_backbone", "train_xdnn_noiseless", 50.25, 700.5, extended=True)
+    _benchmark(results, "plot_patches", "plot_patches", 2.0, None)
+    _benchmark(results, "explain", "explain_noiseless", 12345.6, 3.2)  # 3 h 25 min 46 s
+    _benchmark(results, "ingest", "ingest", 30.0, 900.0)
+    (results / "noiseless").mkdir()
+
+    jobs = read_benchmarks(benchmark_files(results))
+    assert [(j.rule, j.path.stem) for j in jobs] == [
+        ("explain", "explain_noiseless"),
+        ("ingest", "ingest"),
+        ("plot_patches", "plot_patches"),
+        ("train_backbone", "train_backbone_noiseless"),
+        ("train_backbone", "train_xdnn_noiseless"),
+    ]
+    assert [j.seconds for j in jobs] == [12345.6, 30.0, 2.0, 100.0, 50.25]
+    assert [j.max_rss_mib for j in jobs] == [3.2, 900.0, None, 500.0, 700.5]
+
+    shown = timing(jobs)
+    assert shown["jobs"] == 5 and shown["seconds"] == pytest.approx(12527.85)
+    assert shown["clock"] == "3 h 28 min 48 s" and shown["peak"] == 900.0
+    page = write_report(results, ["noiseless"], tmp_path / "report.html").read_text()
+    header = ("rule", "jobs", "seconds, all jobs", "seconds, longest job", "peak memory (MiB)")
+    assert header == TIMING_HEADER and "".join(f"<th>{h}</th>" for h in header) in page
+    # the rule of most seconds first, whole seconds from 10 s on (no exponent), "–" where no
+    # memory sample was taken, the total last
+    assert _timing_rows(page) == [
+        ["explain", "1", "12346", "12346", "3"],
+        ["train_backbone", "2", "150", "100", "700"],
+        ["ingest", "1", "30", "30", "900"],
+        ["plot_patches", "1", "2", "2", "–"],
+        ["all jobs", "5", "12528", "12346", "900"],
+    ]
+    assert "5 jobs ran for 12528 s in all (3 h 28 min 48 s)" in page
+    assert "the largest peak memory of a job: 900 MiB" in page
+    assert "the sum exceeds the wall time" in page
+    # the workflow passes the records of every job but the report's own
+    given = [layout.benchmark(results, "ingest", "ingest")]
+    page = write_report(results, ["noiseless"], tmp_path / "r.html", benchmarks=given).read_text()
+    assert _timing_rows(page) == [
+        ["ingest", "1", "30", "30", "900"],
+        ["all jobs", "1", "30", "30", "900"],
+    ]
+
+
+def test_a_run_without_benchmark_records_says_so(tmp_path):
+    (tmp_path / "results").mkdir()
+    page = write_report(tmp_path / "results", ["noiseless"], tmp_path / "r.html").read_text()
+    benchmarks = tmp_path / "results" / "benchmarks"
+    assert (
+        f"Table of the jobs&#39; times (no benchmark record in {benchmarks}): not computed" in page
+    )
+    assert timing([]) is None
+
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "not a Snakemake benchmark record: its header lacks the columns ['s', 'max_rss']"),
+        (
+            "wall\tmemory\n1\t2\n",
+            "not a Snakemake benchmark record: its header lacks the columns ['s', 'max_rss']",
+        ),
+        (HEADER, "benchmark record without a row (the job did not finish?)"),
+        (HEADER + "12.5\t0:00:12\t100\n", "line 2 has 3 fields, the header 10"),
+        (HEADER + "soon\t0:00:12" + "\t1" * 8 + "\n", "line 2: 's' is 'soon', not a number"),
+        (HEADER + "NA\t0:00:12" + "\t1" * 8 + "\n", "line 2: no wall time 's'"),
+        (HEADER + "1\t0:00:01\t-3" + "\t1" * 7 + "\n", "line 2: 'max_rss' is '-3', not a number"),
+        (b"\xff\xfe".decode("latin-1"), "not a readable benchmark record"),
+    ],
+)
+def test_a_malformed_benchmark_record_is_one_line_naming_it(tmp_path, text, problem):
+    path = layout.benchmark(tmp_path / "results", "segment", "segment_noisy")
+    path.parent.mkdir(parents=True)
+    path.write_text(text, encoding="latin-1")
+    with pytest.raises(InputError) as info:
+        write_report(tmp_path / "results", ["noisy"], tmp_path / "r.html")
+    message = str(info.value)
+    assert message.startswith(f"{path}: {problem}") and "\n" not in message
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_a_missing_benchmark_record_stops_the_report_command_in_one_line(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    missing = tmp_path / "results" / "benchmarks" / "ingest" / "ingest.tsv"
+    out = tmp_path / "r.html"
+    arguments = ["--results", str(tmp_path / "results"), "--levels", "noiseless"]
+    status = main(["report", *arguments, "--output", str(out), "--benchmarks", str(missing)])
+    assert status == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().endswith(f"{missing}: benchmark record not found")

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from fixtures.workflow import ROOT, SNAKEMAKE, run_snakemake, tiny_workflow_config
+from fixtures.slurm import slurm_config
+from fixtures.workflow import (
+    ROOT,
+    SNAKEMAKE,
+    job_counts,
+    parsed_rules,
+    run_snakemake,
+    shared_workflow_config,
+    tiny_workflow_config,
+)
 
+from cosmo_sop import layout
 from cosmo_sop.models import load_sop
+
+#: Rules without ``benchmark:``, and why.
+NO_BENCHMARK = {
+    "all": "gathers the targets and runs nothing (no shell): Snakemake runs no job of it, so "
+    "no record would be written",
+}
 
 
 def test_lint_is_clean():
@@ -21,6 +39,65 @@ def test_lint_is_clean():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Congratulations" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory) -> dict[str, dict]:
+    """The workflow as Snakemake parses it, with the tiny config and every task, in one job per
+    step and with the data stage in parts (the rules the Snakefile defines only then)."""
+    configs = {"one job": shared_workflow_config(), "parts": slurm_config()}
+    return parsed_rules(tmp_path_factory.mktemp("parsed"), configs)
+
+
+def _rules_in_the_source() -> set[str]:
+    """The name of every rule the Snakefile and workflow/rules/*.smk define, in any branch."""
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "workflow" / "rules").glob("*.smk"))]
+    text = "\n".join(path.read_text() for path in sources)
+    pattern = r"^\s*(?:rule (\w+)\s*:|use rule \w+ as (\w+))"
+    return {name for pair in re.findall(pattern, text, re.MULTILINE) for name in pair if name}
+
+
+def test_every_rule_writes_a_benchmark_record_beside_its_log(parsed):
+    """Every rule has a `benchmark:` (Snakemake's record of each job's time and memory, which
+    the report's table of where the time went reads), at layout.benchmark: the folder named
+    after the rule, the file after the job's log. Checked on the rules as Snakemake parses them,
+    in both branches of the Snakefile; a rule of the source in neither would fail."""
+    rules = {name: rule for run in parsed.values() for name, rule in run["rules"].items()}
+    source = _rules_in_the_source()
+    assert {"ingest_part", "train_vit_maps_sop", "report", "all"} <= source
+    assert source <= set(rules), f"rules parsed under neither config: {source - set(rules)}"
+    missing = sorted(name for name, rule in rules.items() if rule["benchmark"] is None)
+    assert missing == sorted(NO_BENCHMARK), f"rules without a benchmark: directive: {missing}"
+    for name in NO_BENCHMARK:
+        assert not rules[name]["runs"], f"rule {name} runs a job: give it a benchmark"
+    results = Path(shared_workflow_config()["results"])
+    for name, rule in rules.items():
+        if name in NO_BENCHMARK:
+            continue
+        (log,) = rule["log"]
+        assert Path(rule["benchmark"]) == layout.benchmark(results, name, Path(log).stem), name
+
+
+def test_the_report_waits_for_the_record_of_every_other_job(parsed, tmp_path):
+    """The report rule's inputs hold the benchmark record of every job but its own, and add
+    no job: per rule, as many records as a dry run plans jobs (the data stage in parts: 6 mock
+    cosmologies, 3 per job)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    configfile = workdir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(slurm_config()))
+    dry = run_snakemake(workdir, configfile, "--cores", "2", "--dry-run", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    planned = job_counts(dry.stdout + dry.stderr)
+    assert planned["ingest_part"] == 2 and planned["segment_part"] == 4
+    assert planned.pop("all") == 1 and planned.pop("report") == 1
+    waited = parsed["parts"]["report_benchmarks"]
+    assert isinstance(waited, list), waited
+    assert len(set(waited)) == len(waited)
+    per_rule = {}
+    for path in waited:
+        per_rule[layout.benchmark_rule(path)] = per_rule.get(layout.benchmark_rule(path), 0) + 1
+    assert per_rule == planned
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):
@@ -157,6 +234,22 @@ def test_demo_workflow_end_to_end(tiny_workflow):
         assert f'id="task-{task}"' in page
     text_sop = load_sop(results / "bert_text" / "models" / "sop")  # the MiniLM reads back
     assert text_sop.model.backbone.config["architecture"] == "minilm"
+
+    # A benchmark record of every job the run ran (per rule, as many as Snakemake's job stats
+    # count), and the report's table of where the time went lists them all but its own.
+    ran = job_counts(result.stdout + result.stderr)
+    assert ran.pop("all") == 1 and ran["report"] == 1
+    records = sorted(layout.benchmarks(results).glob("*/*.tsv"))
+    per_rule = {rule: [p for p in records if layout.benchmark_rule(p) == rule] for rule in ran}
+    assert {rule: len(paths) for rule, paths in per_rule.items()} == ran
+    assert len(records) == sum(ran.values())
+    timing = page[page.index('<h2 id="timing">') :]
+    for rule, count in ran.items():
+        row = f'<tr><td>{rule}</td><td class="num">{count}</td>'
+        assert (row in timing) == (rule != "report"), rule
+    total = sum(ran.values()) - 1
+    assert f'<tr><td>all jobs</td><td class="num">{total}</td>' in timing
+    assert f"{total} jobs ran for " in timing
 
 
 @pytest.mark.slow

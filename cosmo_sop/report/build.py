@@ -11,19 +11,20 @@
                     weight_histograms.png, example_groups*.png
     <level>/patches.zarr (attributes: the config used), explanations.zarr (its size)
 
-builds plain data of them (:mod:`cosmo_sop.report.sections`), fills the Jinja2 template
-``template.html.j2`` beside this module with it (autoescaped) and writes one HTML file: plain
-HTML and a little CSS, figures embedded as base64 PNG, no JavaScript and no external file, so
-it can be mailed or archived as is. Every part that a run has not (yet) produced is shown as
-"not computed" rather than stopping the report; a file that exists but cannot be read raises
-:class:`~cosmo_sop.errors.InputError` naming it.
+and every job's benchmark record, ``benchmarks/<rule>/<job>.tsv`` (Snakemake's, of each
+rule's ``benchmark:``), builds plain data of them (:mod:`cosmo_sop.report.sections`), fills the
+Jinja2 template ``template.html.j2`` beside this module with it (autoescaped) and writes one
+HTML file: plain HTML and a little CSS, figures embedded as base64 PNG, no JavaScript and no
+external file, so it can be mailed or archived as is. Every part that a run has not (yet)
+produced is shown as "not computed" rather than stopping the report; a file that exists but
+cannot be read raises :class:`~cosmo_sop.errors.InputError` naming it.
 
 Sections: a summary across noise levels (test error per level, SOP against its backbone, the
 void/cluster verdicts at a glance, the config), the mock's halos and other runs beside this one
 (:mod:`cosmo_sop.report.comparison`), then per level (a) parameter recovery,
 (b) faithfulness of the attributions, (c) voids and clusters; then the further tasks
 (:mod:`cosmo_sop.report.tasks`): the ViT beside the CNN on the same maps, the image and the
-text task.
+text task; last, where the run's time went (a table of the jobs' benchmark records per rule).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from cosmo_sop.ingest.bad_maps import read_skipped_maps
 from cosmo_sop.report.comparison import comparison_section, halo_section
 from cosmo_sop.report.inputs import (
     NAMES,
+    benchmark_files,
     config_from_attrs,
+    read_benchmarks,
     read_test_metrics,
     read_verdicts,
     store_attrs,
@@ -59,6 +62,7 @@ from cosmo_sop.report.sections import (
     recovery,
     sop_backbone_ratio,
     structures,
+    timing,
 )
 from cosmo_sop.report.tables import NOT_COMPUTED, drawn, figure, number, table
 from cosmo_sop.report.tasks import task_sections, vit_maps_section
@@ -72,6 +76,7 @@ def write_report(
     out_html: str | os.PathLike,
     config: Mapping[str, Any] | None = None,
     title: str = "cosmo-sop results",
+    benchmarks: Sequence[str | os.PathLike] | None = None,
 ) -> Path:
     """Write the HTML report of a run: one self-contained page.
 
@@ -88,6 +93,10 @@ def write_report(
         patch store.
     title
         Page title.
+    benchmarks
+        The jobs' benchmark records to show where the time went (the workflow passes every
+        job's but the report's own, which is still running); default: every record under
+        ``results_dir/benchmarks/`` (:func:`cosmo_sop.report.inputs.benchmark_files`).
 
     Returns
     -------
@@ -97,8 +106,9 @@ def write_report(
     Raises
     ------
     InputError
-        If ``results_dir`` is not a folder, ``levels`` is empty, or a file that exists cannot be
-        read. Parts not computed yet are reported as such.
+        If ``results_dir`` is not a folder, ``levels`` is empty, a file that exists cannot be
+        read, or a benchmark record in ``benchmarks`` is missing or malformed. Parts not
+        computed yet are reported as such.
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -107,11 +117,11 @@ def write_report(
         raise InputError(
             "argument 'levels'", f"must be a non-empty list of noise levels, got {levels!r}"
         )
-    page = (
-        _environment()
-        .get_template("template.html.j2")
-        .render(page_content(results_dir, [str(level) for level in levels], config, title))
-    )
+    if benchmarks is None:
+        benchmarks = benchmark_files(results_dir)
+    levels = [str(level) for level in levels]
+    content = page_content(results_dir, levels, config, title, benchmarks)
+    page = _environment().get_template("template.html.j2").render(content)
     out_html = Path(out_html)
     with atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -119,9 +129,14 @@ def write_report(
 
 
 def page_content(
-    results: Path, levels: list[str], config: Mapping[str, Any] | None, title: str
+    results: Path,
+    levels: list[str],
+    config: Mapping[str, Any] | None,
+    title: str,
+    benchmarks: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
-    """Everything the template shows, as plain data (numbers, strings, tables, figures)."""
+    """Everything the template shows, as plain data (numbers, strings, tables, figures);
+    ``benchmarks``: the jobs' benchmark records of the table of where the time went."""
     metrics = {level: read_test_metrics(layout.level_dir(results, level)) for level in levels}
     return {
         "title": title,
@@ -135,6 +150,8 @@ def page_content(
         "halos": halo_section(results),
         "comparison": comparison_section(results, levels, config),
         **_tasks(results, levels, config),
+        "timing": timing(read_benchmarks(benchmarks)),
+        "benchmarks_dir": str(layout.benchmarks(results)),
     }
 
 

@@ -7,9 +7,12 @@ come from :mod:`cosmo_sop.layout`.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +155,101 @@ def read_verdicts(path: Path) -> dict[str, Any] | None:
         if not isinstance(record, Mapping) or not {"definition", "outcome"} <= set(record):
             raise InputError(path, f"a verdict record lacks 'definition' or 'outcome': {record!r}")
     return content
+
+
+# -- the jobs' benchmark records (layout.benchmark) --------------------------------------------
+
+#: The columns of Snakemake's benchmark record the report reads (a record has more).
+BENCHMARK_COLUMNS: tuple[str, ...] = ("s", "max_rss")
+#: How Snakemake writes a value it did not measure.
+_NOT_MEASURED = ("NA", "-", "")
+
+
+@dataclass(frozen=True)
+class JobTime:
+    """One job's benchmark record: its rule (the record's folder), its file, its wall seconds
+    and its peak resident memory in MiB (None where Snakemake took no sample: a job that
+    ended first)."""
+
+    rule: str
+    path: Path
+    seconds: float
+    max_rss_mib: float | None
+
+
+def benchmark_files(results: str | os.PathLike) -> list[Path]:
+    """Every job's benchmark record under a results folder (:func:`cosmo_sop.layout.benchmark`:
+    ``benchmarks/<rule>/<job>.tsv``), sorted; empty if there is none."""
+    return sorted(layout.benchmarks(results).glob("*/*.tsv"))
+
+
+def _measured(path: Path, line: int, column: str, text: str) -> float | None:
+    """A number of a benchmark record; None for one not measured."""
+    if text.strip() in _NOT_MEASURED:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise InputError(path, f"line {line}: {column!r} is {text!r}, not a number of at least 0")
+    return value
+
+
+def read_benchmark(path: str | os.PathLike) -> JobTime:
+    """One job's benchmark record, as Snakemake writes it for a rule's ``benchmark:``.
+
+    A tab-separated header and one row per run of the job (Snakemake's ``repeat()``; one
+    here): ``s`` (wall seconds), ``h:m:s``, ``max_rss`` (MiB), ... The job's seconds are the sum
+    over its rows, its memory the largest.
+
+    Parameters
+    ----------
+    path
+        The record, ``results/benchmarks/<rule>/<job>.tsv``: the rule is its folder's name.
+
+    Returns
+    -------
+    JobTime
+
+    Raises
+    ------
+    InputError
+        Naming the file, if it is missing or not a benchmark record: unreadable, no header
+        with the columns :data:`BENCHMARK_COLUMNS`, no row, a row of another width, a value
+        that is not a number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "benchmark record not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(path, f"not a readable benchmark record ({exc})") from None
+    header = rows[0] if rows else []
+    missing = [column for column in BENCHMARK_COLUMNS if column not in header]
+    if missing:
+        raise InputError(
+            path, f"not a Snakemake benchmark record: its header lacks the columns {missing}"
+        )
+    if len(rows) < 2:
+        raise InputError(path, "benchmark record without a row (the job did not finish?)")
+    seconds, memory = 0.0, []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InputError(path, f"line {line} has {len(row)} fields, the header {len(header)}")
+        values = dict(zip(header, row))
+        wall = _measured(path, line, "s", values["s"])
+        if wall is None:
+            raise InputError(path, f"line {line}: no wall time 's'")
+        seconds += wall
+        rss = _measured(path, line, "max_rss", values["max_rss"])
+        if rss is not None:
+            memory.append(rss)
+    return JobTime(layout.benchmark_rule(path), path, seconds, max(memory) if memory else None)
+
+
+def read_benchmarks(paths: Iterable[str | os.PathLike]) -> list[JobTime]:
+    """The benchmark records ``paths`` (:func:`read_benchmark`), in their order."""
+    return [read_benchmark(path) for path in paths]

@@ -1,16 +1,17 @@
 """The content of each section of the report, as plain data for the template.
 
 One function per section of one noise level: (a) parameter recovery, (b) faithfulness of the
-attributions, (c) voids and clusters; :mod:`cosmo_sop.report.build` adds the summary across
-levels. Each returns a dict of numbers, strings, tables and figures
-(:mod:`cosmo_sop.report.tables`); a part that has not been computed is None.
+attributions, (c) voids and clusters; and the table of where the run's time went
+(:func:`timing`); :mod:`cosmo_sop.report.build` adds the summary across levels. Each returns
+a dict of numbers, strings, tables and figures (:mod:`cosmo_sop.report.tables`); a part that
+has not been computed is None.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from cosmo_sop.figures.labels import MODEL_LABELS
 from cosmo_sop.figures.predictions import plot_predicted_vs_true, read_model_predictions
 from cosmo_sop.report.inputs import (
     NAMES,
+    JobTime,
     png_bytes,
     read_verdicts,
     store_attrs,
@@ -369,4 +371,77 @@ def structures(
             layout.model_dir(results, level, "sop") / layout.TEST_METRICS, level_dir
         ),
         "groups": _groups(sop.get("groups")),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Where the time went
+
+#: The columns of the timing table.
+TIMING_HEADER = ("rule", "jobs", "seconds, all jobs", "seconds, longest job", "peak memory (MiB)")
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as hours, minutes and seconds: ``"1 h 2 min 3 s"``, ``"35 min 26 s"``, ``"4 s"``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = [(hours, "h"), (minutes, "min"), (secs, "s")]
+    shown = [f"{value} {unit}" for value, unit in parts if value] or ["0 s"]
+    return " ".join(shown)
+
+
+def _seconds(seconds: float) -> str:
+    """Seconds for the table: whole from 10 s on (no exponent however long), else to 0.1 s."""
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
+
+
+def _mib(mib: float | None) -> str | None:
+    """Memory for the table, in whole MiB."""
+    return None if mib is None else f"{mib:.0f}"
+
+
+def _peak(jobs: Sequence[JobTime]) -> float | None:
+    measured = [job.max_rss_mib for job in jobs if job.max_rss_mib is not None]
+    return max(measured) if measured else None
+
+
+def _timing_row(label: str, jobs: Sequence[JobTime]) -> list[Any]:
+    seconds = [job.seconds for job in jobs]
+    return [label, len(jobs), _seconds(sum(seconds)), _seconds(max(seconds)), _mib(_peak(jobs))]
+
+
+def timing(jobs: Sequence[JobTime]) -> dict[str, Any] | None:
+    """Where the run's time went: per rule, its jobs, their seconds in all, the longest job's
+    and the largest peak memory (``max_rss``) of its jobs, the rule of most seconds first; then
+    a line for all jobs. None without a record.
+
+    Parameters
+    ----------
+    jobs
+        The jobs' benchmark records (:func:`cosmo_sop.report.inputs.read_benchmarks`).
+
+    Returns
+    -------
+    dict or None
+        ``table`` (:data:`TIMING_HEADER`; the last row is the total; seconds whole from 10 s
+        on, memory in whole MiB), ``jobs`` (how many), ``seconds`` (their sum; as text
+        ``seconds_text``), ``clock`` (that sum in hours, minutes and seconds) and ``peak`` (the
+        largest peak memory in MiB, None if none was measured; as text ``peak_text``).
+    """
+    if not jobs:
+        return None
+    by_rule: dict[str, list[JobTime]] = {}
+    for job in jobs:
+        by_rule.setdefault(job.rule, []).append(job)
+    rules = sorted(by_rule.items(), key=lambda item: (-sum(j.seconds for j in item[1]), item[0]))
+    rows = [_timing_row(rule, ran) for rule, ran in rules] + [_timing_row("all jobs", jobs)]
+    total = sum(job.seconds for job in jobs)
+    return {
+        "table": table(TIMING_HEADER, rows),
+        "jobs": len(jobs),
+        "seconds": total,
+        "seconds_text": _seconds(total),
+        "clock": _clock(total),
+        "peak": _peak(jobs),
+        "peak_text": _mib(_peak(jobs)) or "not measured",
     }

@@ -151,6 +151,57 @@ def data_stage_outputs():
     return outputs
 
 
+def job_benchmarks(wildcards):
+    """The benchmark record of every job of the run but the report's own, from each rule's
+    `benchmark:` pattern and the wildcards of its jobs (the targets above, rule by rule). The
+    report reads them into its table of where the time went; as its inputs they make it the
+    last job. An input function: the rules of tasks.smk are defined after the report's."""
+    levels = NOISE_LEVELS
+    taus = config["sop"]["sweep_keep_fractions"]
+    jobs = [
+        (rules.ingest, {}),
+        (rules.plot_patches, {}),
+        (rules.add_noise, {"level": levels}),
+        (rules.segment, {"level": levels}),
+        (rules.plot_segments, {"level": levels}),
+        (rules.train_backbone, {"model": ["backbone", "xdnn"], "level": levels}),
+        (rules.train_sop, {"level": levels}),
+        (rules.train_sop_sweep, {"level": levels[:1], "tau": taus}),
+        (rules.plot_training, {"model": layout.MODELS, "level": levels}),
+        (rules.explain, {"level": levels}),
+        (rules.structures, {"level": levels}),
+        (rules.faithfulness, {"level": levels}),
+        (rules.summary_statistics, {"level": levels}),
+    ]
+    if N_PARTS:
+        jobs += [
+            (rules.ingest_start, {}),
+            (rules.ingest_part, {"part": range(N_PARTS)}),
+            (rules.segment_start, {"level": levels}),
+            (rules.segment_part, {"level": levels, "part": range(N_PARTS)}),
+        ]
+    if config["source"] == "mock":
+        jobs += [
+            (rules.simulate_mock, {}),
+            (rules.plot_mock_overview, {}),
+            (rules.plot_mock_halos, {}),
+        ]
+    if "vit_maps" in config["tasks"]:
+        vit = {"level": vit_levels()}
+        jobs += [
+            (rules.train_vit_maps_backbone, vit),
+            (rules.train_vit_maps_sop, vit),
+            (rules.plot_training_vit_maps, {**vit, "model": ["backbone", "sop"]}),
+            (rules.explain_vit_maps, vit),
+            (rules.structures_vit_maps, vit),
+            (rules.faithfulness_vit_maps, vit),
+        ]
+    for task in ("vit_images", "bert_text"):
+        if task in config["tasks"]:
+            jobs.append((getattr(rules, f"task_{task}"), {}))
+    return [path for rule, values in jobs for path in expand(rule.benchmark, **values)]
+
+
 # The data stage on a cluster (config section `parallel`). Its options go on the command lines
 # as these globals, not in params: changing them changes no result, so it reruns nothing.
 COSMOLOGIES_PER_JOB = config["parallel"]["cosmologies_per_job"]

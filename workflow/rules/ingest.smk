@@ -20,6 +20,8 @@ if N_PARTS:
             runtime=15,
         log:
             layout.log(RESULTS, "ingest_start"),
+        benchmark:
+            layout.benchmark(RESULTS, "ingest_start"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -44,6 +46,8 @@ if N_PARTS:
             runtime=60,
         log:
             layout.log(RESULTS, "ingest_part{part}"),
+        benchmark:
+            layout.benchmark(RESULTS, "ingest_part", "ingest_part{part}"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -68,6 +72,8 @@ if N_PARTS:
             runtime=30,
         log:
             layout.log(RESULTS, "ingest"),
+        benchmark:
+            layout.benchmark(RESULTS, "ingest"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -91,6 +97,8 @@ else:
             runtime=60,
         log:
             layout.log(RESULTS, "ingest"),
+        benchmark:
+            layout.benchmark(RESULTS, "ingest"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -109,6 +117,8 @@ rule plot_patches:
         ),
     log:
         layout.log(RESULTS, "plot_patches"),
+    benchmark:
+        layout.benchmark(RESULTS, "plot_patches"),
     conda:
         "../envs/data.yaml"
     shell:

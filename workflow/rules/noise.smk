@@ -18,6 +18,8 @@ rule add_noise:
         runtime=30,
     log:
         layout.log(RESULTS, "add_noise_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "add_noise", "add_noise_{level}"),
     conda:
         "../envs/data.yaml"
     shell:

@@ -21,6 +21,8 @@ rule explain:
         gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "explain_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "explain", "explain_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -54,6 +56,8 @@ rule structures:
         ),
     log:
         layout.log(RESULTS, "structures_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "structures", "structures_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -93,6 +97,8 @@ rule faithfulness:
         gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "faithfulness_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "faithfulness", "faithfulness_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -115,6 +121,8 @@ rule summary_statistics:
         runtime=60,
     log:
         layout.log(RESULTS, "summary_statistics_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "summary_statistics", "summary_statistics_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -125,6 +133,7 @@ rule summary_statistics:
 rule report:
     input:
         science_outputs(),
+        benchmarks=job_benchmarks,
     output:
         report(layout.report(RESULTS), caption="../report/report.rst", category="Report"),
     params:
@@ -133,8 +142,11 @@ rule report:
         results=RESULTS,
     log:
         layout.log(RESULTS, "report"),
+    benchmark:
+        layout.benchmark(RESULTS, "report"),
     conda:
         "../envs/models.yaml"
     shell:
         "python -m cosmo_sop report --results {params.results:q} --levels {params.levels:q}"
-        " --output {output:q} --config-json {params.config:q} 2>&1 | tee {log:q}"
+        " --benchmarks {input.benchmarks:q} --output {output:q} --config-json {params.config:q}"
+        " 2>&1 | tee {log:q}"

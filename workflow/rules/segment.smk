@@ -18,6 +18,8 @@ if N_PARTS:
             runtime=15,
         log:
             layout.log(RESULTS, "segment_start_{level}"),
+        benchmark:
+            layout.benchmark(RESULTS, "segment_start", "segment_start_{level}"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -42,6 +44,8 @@ if N_PARTS:
             runtime=30,
         log:
             layout.log(RESULTS, "segment_{level}_part{part}"),
+        benchmark:
+            layout.benchmark(RESULTS, "segment_part", "segment_{level}_part{part}"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -68,6 +72,8 @@ if N_PARTS:
             runtime=15,
         log:
             layout.log(RESULTS, "segment_{level}"),
+        benchmark:
+            layout.benchmark(RESULTS, "segment", "segment_{level}"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -89,6 +95,8 @@ else:
             runtime=30,
         log:
             layout.log(RESULTS, "segment_{level}"),
+        benchmark:
+            layout.benchmark(RESULTS, "segment", "segment_{level}"),
         conda:
             "../envs/data.yaml"
         shell:
@@ -109,6 +117,8 @@ rule plot_segments:
         ),
     log:
         layout.log(RESULTS, "plot_segments_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "plot_segments", "plot_segments_{level}"),
     conda:
         "../envs/data.yaml"
     shell:

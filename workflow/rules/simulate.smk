@@ -18,6 +18,8 @@ rule simulate_mock:
         runtime=60,
     log:
         layout.log(RESULTS, "simulate_mock"),
+    benchmark:
+        layout.benchmark(RESULTS, "simulate_mock"),
     conda:
         "../envs/data.yaml"
     shell:
@@ -39,6 +41,8 @@ rule plot_mock_overview:
         root=MOCK_ROOT,
     log:
         layout.log(RESULTS, "plot_mock_overview"),
+    benchmark:
+        layout.benchmark(RESULTS, "plot_mock_overview"),
     conda:
         "../envs/data.yaml"
     shell:
@@ -67,6 +71,8 @@ rule plot_mock_halos:
         runtime=30,
     log:
         layout.log(RESULTS, "plot_mock_halos"),
+    benchmark:
+        layout.benchmark(RESULTS, "plot_mock_halos"),
     conda:
         "../envs/data.yaml"
     shell:

@@ -26,6 +26,8 @@ rule train_vit_maps_backbone:
         nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_vit_maps_backbone_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "train_vit_maps_backbone", "train_vit_maps_backbone_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -54,6 +56,8 @@ use rule train_sop as train_vit_maps_sop with:
         launch=TRAIN_LAUNCH,
     log:
         layout.log(RESULTS, "train_vit_maps_sop_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "train_vit_maps_sop", "train_vit_maps_sop_{level}"),
 
 
 use rule plot_training as plot_training_vit_maps with:
@@ -68,6 +72,10 @@ use rule plot_training as plot_training_vit_maps with:
         ),
     log:
         layout.log(RESULTS, "plot_training_vit_maps_{model}_{level}"),
+    benchmark:
+        layout.benchmark(
+            RESULTS, "plot_training_vit_maps", "plot_training_vit_maps_{model}_{level}"
+        ),
 
 
 use rule explain as explain_vit_maps with:
@@ -79,6 +87,8 @@ use rule explain as explain_vit_maps with:
         directory(layout.explanations(VIT_ROOT, "{level}")),
     log:
         layout.log(RESULTS, "explain_vit_maps_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "explain_vit_maps", "explain_vit_maps_{level}"),
 
 
 use rule structures as structures_vit_maps with:
@@ -98,6 +108,8 @@ use rule structures as structures_vit_maps with:
         ),
     log:
         layout.log(RESULTS, "structures_vit_maps_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "structures_vit_maps", "structures_vit_maps_{level}"),
 
 
 use rule faithfulness as faithfulness_vit_maps with:
@@ -124,6 +136,8 @@ use rule faithfulness as faithfulness_vit_maps with:
         sop_dir=lambda wildcards, input: Path(input.sop).parent,
     log:
         layout.log(RESULTS, "faithfulness_vit_maps_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "faithfulness_vit_maps", "faithfulness_vit_maps_{level}"),
 
 
 # The image and text tasks: one job each, which generates (or reads) its data, trains its
@@ -141,6 +155,8 @@ rule task_vit_images:
         gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "task_vit_images"),
+    benchmark:
+        layout.benchmark(RESULTS, "task_vit_images"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -161,6 +177,8 @@ rule task_bert_text:
         gpu=min(config["training"]["gpus"], 1),  # one process, one GPU
     log:
         layout.log(RESULTS, "task_bert_text"),
+    benchmark:
+        layout.benchmark(RESULTS, "task_bert_text"),
     conda:
         "../envs/models.yaml"
     shell:

@@ -31,6 +31,8 @@ rule train_backbone:
         nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_{model}_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "train_backbone", "train_{model}_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -65,6 +67,8 @@ rule train_sop:
         nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_sop_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "train_sop", "train_sop_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -102,6 +106,8 @@ rule train_sop_sweep:
         nodes=config["training"]["nodes"],
     log:
         layout.log(RESULTS, "train_sop_sweep_{level}_{tau}"),
+    benchmark:
+        layout.benchmark(RESULTS, "train_sop_sweep", "train_sop_sweep_{level}_{tau}"),
     conda:
         "../envs/models.yaml"
     shell:
@@ -122,6 +128,8 @@ rule plot_training:
         ),
     log:
         layout.log(RESULTS, "plot_training_{model}_{level}"),
+    benchmark:
+        layout.benchmark(RESULTS, "plot_training", "plot_training_{model}_{level}"),
     conda:
         "../envs/models.yaml"
     shell:
