@@ -24,8 +24,8 @@ from cosmo_sop.training.loop import derived_seed, fit
 from cosmo_sop.training.options import select_device, training_options
 from cosmo_sop.training.runs import (
     INIT_PURPOSE,
+    GroupStatistics,
     fit_options,
-    group_statistics,
     predict_backbone,
     predict_sop,
     sop_model_settings,
@@ -34,6 +34,7 @@ from cosmo_sop.training.runs import (
 )
 
 __all__ = [
+    "GroupStatistics",
     "INIT_PURPOSE",
     "SAMPLE_KEYS",
     "SPLITS",
@@ -48,7 +49,6 @@ __all__ = [
     "evaluate",
     "fit",
     "fit_options",
-    "group_statistics",
     "mask_random_groups",
     "mse_ratio_to_backbone",
     "predict_backbone",

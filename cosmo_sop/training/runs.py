@@ -41,7 +41,6 @@ from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.trained import check_provenance, load_backbone
 from cosmo_sop.storage import atomic_path, read_json, write_json
 from cosmo_sop.training import distributed
-from cosmo_sop.training.batches import EpochBatchSampler, collate_batch
 from cosmo_sop.training.comparison import mse_ratio_to_backbone, read_test_predictions
 from cosmo_sop.training.data import SPLITS, PatchData
 from cosmo_sop.training.evaluation import Predict, evaluate
@@ -283,7 +282,12 @@ def _evaluate_test(
     backbone_predictions: Path | None,
 ) -> dict[str, Any]:
     test = data.dataset("test", scaler, config["training"]["memory_budget_gib"])
-    result = evaluate(model, test, predict, batch_size=config["training"]["eval_batch_size"])
+    batch_size = config["training"]["eval_batch_size"]
+    if isinstance(model, SumOfParts):
+        # The schema's mass: train_sop does not read the evaluation section, whose changes must
+        # not retrain SOP; the record names the mass used.
+        predict = GroupStatistics(defaults("evaluation")["sparsity_mass"])
+    result = evaluate(model, test, predict, batch_size=batch_size)
     metrics = {
         "n_test_maps": len(test),
         "mse_standardised": result["mse_standardised"],
@@ -291,11 +295,7 @@ def _evaluate_test(
         "noise_level": data.provenance().get("noise_level"),
     }
     if isinstance(model, SumOfParts):
-        batch_size = config["training"]["eval_batch_size"]
-        # The schema's mass: train_sop does not read the evaluation section, whose changes must
-        # not retrain SOP; the record names the mass used.
-        mass = defaults("evaluation")["sparsity_mass"]
-        metrics["groups"] = group_statistics(model, test, batch_size, mass)
+        metrics["groups"] = predict.summary(model, result["names"])
         metrics["versus_backbone"] = mse_ratio_to_backbone(
             result,
             read_test_predictions(backbone_predictions),
@@ -322,53 +322,51 @@ def _evaluate_test(
     return metrics
 
 
-@torch.inference_mode()
-def group_statistics(
-    model: SumOfParts, data: torch.utils.data.Dataset, batch_size: int, sparsity_mass: float
-) -> dict[str, Any]:
-    """Per output: groups with non-zero score per map, their mean size, and SOP's sparsity.
+class GroupStatistics:
+    """SOP's prediction of a batch (a :data:`~cosmo_sop.training.evaluation.Predict`) that also
+    sums its group statistics, so the test split's SOP pass serves both.
 
-    Sizes are fractions of the map's pixels, averaged over the groups with non-zero score.
-    Sparsity is the faithfulness table's
-    (:func:`~cosmo_sop.faithfulness.ranks.contribution_sparsity`): the fraction of a map's
-    pixels holding ``sparsity_mass`` of its attribution sum_i |c_i (y_i - h(0))| over the groups
-    holding the pixel (standardised units, h(0) the backbone on the zero map SOP masks with),
-    averaged over maps.
+    Per output: groups with non-zero score per map, their mean size, and SOP's sparsity. Sizes
+    are fractions of the map's pixels, averaged over the groups with non-zero score. Sparsity is
+    the faithfulness table's (:func:`~cosmo_sop.faithfulness.ranks.contribution_sparsity`): the
+    fraction of a map's pixels holding ``sparsity_mass`` of its attribution
+    sum_i |c_i (y_i - h(0))| over the groups holding the pixel (standardised units, h(0) the
+    backbone on the zero map SOP masks with), averaged over maps.
     """
-    model.eval()
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_sampler=EpochBatchSampler(len(data), batch_size, shuffle=False),
-        collate_fn=collate_batch,
-    )
-    n_nonzero, size_sum, sparsity_sum, n_maps = 0.0, 0.0, 0.0, 0
-    for batch in loader:
-        kappa = batch["kappa"].to(device)
-        segments = batch.get("segments")
-        parts = model.explain(kappa, None if segments is None else segments.to(device))
+
+    def __init__(self, sparsity_mass: float) -> None:
+        self.sparsity_mass = sparsity_mass
+        self.n_nonzero, self.size_sum, self.sparsity_sum, self.n_maps = 0.0, 0.0, 0.0, 0
+
+    def __call__(self, model: SumOfParts, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        kappa = batch["kappa"]
+        parts = model.explain(kappa, batch["segments"] if model.tokens == "segments" else None)
         nonzero = parts.scores > 0  # (B, m, n_out)
         fraction = parts.masks.float().mean(dim=(2, 3))  # (B, m)
-        n_nonzero = n_nonzero + nonzero.sum(dim=(0, 1)).double()
-        size_sum = size_sum + (nonzero * fraction[..., None]).sum(dim=(0, 1)).double()
+        self.n_nonzero = self.n_nonzero + nonzero.sum(dim=(0, 1)).double().cpu()
+        size = (nonzero * fraction[..., None]).sum(dim=(0, 1)).double().cpu()
+        self.size_sum = self.size_sum + size
         contributions = group_contributions(
             parts.scores.cpu(),
             parts.partial.cpu(),
             substrate_prediction(model.backbone, kappa),
             parts.valid.cpu(),
         )
-        sparsity = contribution_sparsity(parts.masks.cpu(), contributions, sparsity_mass)
-        sparsity_sum = sparsity_sum + torch.from_numpy(sparsity.sum(0))
-        n_maps += kappa.shape[0]
-    names = list(data.scaler.names)
-    per_output = lambda total: dict(zip(names, total.tolist(), strict=True))  # noqa: E731
-    return {
-        "n_maps": n_maps,
-        "n_groups": model.config["n_groups"],
-        "tokens": model.config["tokens"],
-        "keep_fraction": model.config["keep_fraction"],
-        "nonzero_groups_per_map": per_output(n_nonzero / n_maps),
-        "mean_group_size": per_output(size_sum / n_nonzero),
-        "sparsity": per_output(sparsity_sum / n_maps),
-        "sparsity_mass": sparsity_mass,
-    }
+        sparsity = contribution_sparsity(parts.masks.cpu(), contributions, self.sparsity_mass)
+        self.sparsity_sum = self.sparsity_sum + torch.from_numpy(sparsity.sum(0))
+        self.n_maps += kappa.shape[0]
+        return parts.prediction
+
+    def summary(self, model: SumOfParts, names: list[str]) -> dict[str, Any]:
+        """The statistics of the maps predicted so far, per output name."""
+        per_output = lambda total: dict(zip(names, total.tolist(), strict=True))  # noqa: E731
+        return {
+            "n_maps": self.n_maps,
+            "n_groups": model.config["n_groups"],
+            "tokens": model.config["tokens"],
+            "keep_fraction": model.config["keep_fraction"],
+            "nonzero_groups_per_map": per_output(self.n_nonzero / self.n_maps),
+            "mean_group_size": per_output(self.size_sum / self.n_nonzero),
+            "sparsity": per_output(self.sparsity_sum / self.n_maps),
+            "sparsity_mass": self.sparsity_mass,
+        }
