@@ -41,7 +41,9 @@ def test_shapes(channels, size):
     # The flattened size is derived, not assumed: it matches what the trunk produces.
     assert model.mlp[1].in_features == model.features(x)[0].numel()
     assert torch.equal(model.features(x, 0), x)
-    assert torch.equal(model.trunk(x), model.features(x))
+    # features() convolves in channels-last layout, the bare trunk in the input's: equal up to
+    # float rounding.
+    torch.testing.assert_close(model.trunk(x), model.features(x))
 
 
 def test_embed_then_head_is_forward():

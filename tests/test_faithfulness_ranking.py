@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cosmo_sop.attribution import group_pixel_importance
-from cosmo_sop.faithfulness.engine import Plan, evaluate
+from cosmo_sop.faithfulness.engine import Plan, evaluate, rank_plan
 from cosmo_sop.faithfulness.ranks import (
     contribution_sparsity,
     group_contributions,
@@ -148,7 +148,34 @@ def test_a_model_that_needs_its_maps_gets_the_map_of_every_row():
             return torch.stack([batch.sum((1, 2, 3)), maps.to(batch.dtype)], 1)
 
     x = torch.ones(3, 1, 2, 2)
-    plan = Plan(lambda maps, steps: torch.ones(len(maps), 2, 2, dtype=torch.bool), 2, True)
-    (out,) = evaluate(Scorer(), x, torch.zeros_like(x), [plan], 4, False, 1)
+    top_row = torch.tensor([[True, True], [False, False]])
+    plan = Plan(lambda maps, steps: top_row.expand(len(maps), 2, 2), 2, True)
+    references, (out,) = evaluate(Scorer(), x, torch.zeros_like(x), [plan], 4, False, 1)
     np.testing.assert_array_equal(out[:, :, 1], [[0, 0], [1, 1], [2, 2]])
-    assert sum(len(m) for m in seen) == 6 and len(seen) == 2  # batches of 4 and 2 rows
+    np.testing.assert_array_equal(out[:, :, 0], 2.0)  # the top row of ones inserted
+    np.testing.assert_array_equal(references[:, :, 0], [[0.0, 4.0]] * 3)  # substrate, x
+    # 6 reference rows (substrate and x of 3 maps), then the plan's 6: batches of 4 rows
+    assert sum(len(m) for m in seen) == 12 and len(seen) == 3
+
+
+@pytest.mark.parametrize("insert", [True, False])
+def test_rows_that_change_no_pixel_or_all_take_the_reference_prediction(insert):
+    calls = []
+
+    def model(batch):
+        calls.append(len(batch))
+        return torch.stack([batch.sum((1, 2, 3)), batch.amax((1, 2, 3))], 1)
+
+    x = torch.rand(3, 2, 2, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ranks = torch.arange(4).view(2, 2).expand(3, 2, 2)
+    plan = rank_plan(ranks, np.array([0, 2, 4]), insert)  # nothing, the top 2 pixels, all
+    references, (out,) = evaluate(model, x, torch.zeros_like(x), [plan], 64, False, 1)
+    assert calls == [6 + 3]  # the 2 references of 3 maps, and only the middle step of each
+    whole = x.sum((1, 2, 3)).numpy()
+    np.testing.assert_array_equal(references[:, :, 0], np.stack([0 * whole, whole], 1))
+    substrate_row, x_row = references[:, 0], references[:, 1]
+    ends = (substrate_row, x_row) if insert else (x_row, substrate_row)
+    np.testing.assert_array_equal(out[:, 0], ends[0])
+    np.testing.assert_array_equal(out[:, 2], ends[1])
+    top = x[:, :, 0].sum((1, 2)).numpy()  # ranks 0 and 1: the first row of pixels
+    np.testing.assert_allclose(out[:, 1, 0], top if insert else whole - top)

@@ -73,20 +73,27 @@ def evaluate(
     max_batch: int,
     progress: bool,
     max_output: int,
-) -> list[np.ndarray]:
-    """Predictions on every row of every plan, as float64 arrays (N, S, n_outputs) per plan.
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Predictions on the substrate and on x (N, 2, n_outputs), and on every row of every plan,
+    as float64 arrays (N, S, n_outputs) per plan.
 
     The rows of all plans form one stream cut into batches of at most ``max_batch``, so a batch
-    may mix plans; the perturbed maps of a batch are built in one vectorised step. A ``predict``
-    with a true attribute ``takes_maps`` is called as ``predict(batch, maps)``, ``maps`` (R,)
-    the index of the map each row perturbs (e.g. to look up that map's segments).
+    may mix plans; the perturbed maps of a batch are built in one vectorised step. A row that
+    changes no pixel or every pixel shows the substrate or x itself, so it is not run again: it
+    takes the prediction of the substrate or x (:func:`reference_plan`, run first), which spares
+    the two ends of every curve (4 of the 22 rows of a pixel insertion and deletion pair at 11
+    fractions). A ``predict`` with a true attribute ``takes_maps`` is called as
+    ``predict(batch, maps)``, ``maps`` (R,) the index of the map each row perturbs (e.g. to look
+    up that map's segments).
     """
     check_predict(predict)
     n_maps = x.shape[0]
+    plans = [reference_plan(*x.shape[2:]), *plans]
     sizes = [n_maps * plan.n_steps for plan in plans]
     offsets = np.cumsum([0, *sizes])
     total = int(offsets[-1])
     results: list[np.ndarray | None] = [None] * len(plans)
+    copies = []  # (plan, rows, maps, shows x): rows that repeat a reference row
     starts = range(0, total, max_batch)
     bar = tqdm(starts, desc="faithfulness", unit="batch", disable=not progress, leave=False)
     with torch.inference_mode():
@@ -100,10 +107,21 @@ def evaluate(
                 rows = torch.arange(low - offsets[index], high - offsets[index], device=x.device)
                 maps, steps = rows // plan.n_steps, rows % plan.n_steps
                 changed = plan.changed(maps, steps)[:, None]  # (R, 1, H, W), all bins together
+                if index > 0:
+                    n_changed = changed.flatten(1).sum(1)
+                    repeat = (n_changed == 0) | (n_changed == changed[0].numel())
+                    if repeat.any():
+                        shows_x = (n_changed > 0) == plan.insert
+                        copies.append((index, rows[repeat], maps[repeat], shows_x[repeat]))
+                        rows, maps, changed = rows[~repeat], maps[~repeat], changed[~repeat]
+                if len(rows) == 0:
+                    continue
                 shown, hidden = (x, substrate) if plan.insert else (substrate, x)
                 parts.append(torch.where(changed, shown[maps], hidden[maps]))
-                spans.append((index, low - offsets[index], high - offsets[index]))
+                spans.append((index, rows.cpu().numpy()))
                 rows_of.append(maps)
+            if not parts:
+                continue
             batch = parts[0] if len(parts) == 1 else torch.cat(parts)
             if getattr(predict, "takes_maps", False):
                 # A model that needs per-map side inputs (SOP's segments) gets the map indices.
@@ -118,12 +136,20 @@ def evaluate(
                 )
             predicted = predicted.detach().to("cpu", torch.float64).numpy()
             row = 0
-            for index, low, high in spans:
+            for index, rows in spans:
                 if results[index] is None:
                     results[index] = np.empty((sizes[index], predicted.shape[1]))
-                results[index][low:high] = predicted[row : row + high - low]
-                row += high - low
-    return [r.reshape(n_maps, plan.n_steps, -1) for r, plan in zip(results, plans)]
+                results[index][rows] = predicted[row : row + len(rows)]
+                row += len(rows)
+    reference = results[0].reshape(n_maps, 2, -1)  # substrate, x
+    for index, rows, maps, shows_x in copies:
+        if results[index] is None:
+            results[index] = np.empty((sizes[index], reference.shape[-1]))
+        results[index][rows.cpu().numpy()] = reference[
+            maps.cpu().numpy(), shows_x.long().cpu().numpy()
+        ]
+    results = [r.reshape(n_maps, plan.n_steps, -1) for r, plan in zip(results, plans)]
+    return results[0], results[1:]
 
 
 def error_of(difference: np.ndarray, kind: ErrorKind) -> np.ndarray:
@@ -226,14 +252,16 @@ def run_builders(
     """Evaluate every builder's plans in one stream, then let each builder score its rows."""
     check_settings(error, reference, normalise, max_batch, labels)
     substrate_maps = make_substrate(x, substrate, blur_sigma)
-    plans = [reference_plan(*x.shape[2:])] + [plan for b in builders for plan in b.plans]
+    plans = [plan for b in builders for plan in b.plans]
     max_output = max(b.output for b in builders)
     if labels is not None and labels.shape[1] <= max_output:
         raise ValueError(f"labels have {labels.shape[1]} outputs; output {max_output} is scored")
-    predictions = evaluate(predict, x, substrate_maps, plans, max_batch, progress, max_output)
+    references, predictions = evaluate(
+        predict, x, substrate_maps, plans, max_batch, progress, max_output
+    )
     name = substrate_name(substrate)
-    scoring = Scoring(predictions[0], labels, name, error, reference, normalise)
-    results, start = [], 1
+    scoring = Scoring(references, labels, name, error, reference, normalise)
+    results, start = [], 0
     for builder in builders:
         stop = start + len(builder.plans)
         results.append(builder.finish(scoring, predictions[start:stop]))

@@ -37,19 +37,6 @@ class Models:
     sop: torch.nn.Module | None = None
 
 
-class ChannelsLast:
-    """A CNN called on channels-last copies of its inputs (on CPU about 1.8 x faster for the
-    backbone; the predictions agree to float rounding and are deterministic)."""
-
-    takes_maps = False
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model.eval().to(memory_format=torch.channels_last)
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.contiguous(memory_format=torch.channels_last))
-
-
 class SOPScorer:
     """The SOP model as the model under test: ``SumOfParts.forward`` of the perturbed maps,
     with each row's segments in segments mode (the engine passes the map of every row)."""

@@ -56,7 +56,7 @@ from cosmo_sop.faithfulness.importances import (
     sop_importance,
     token_map,
 )
-from cosmo_sop.faithfulness.loading import ChannelsLast, Maps, SOPScorer, chosen_maps, load_models
+from cosmo_sop.faithfulness.loading import Maps, SOPScorer, chosen_maps, load_models
 from cosmo_sop.faithfulness.metrics import faithfulness_metrics
 from cosmo_sop.faithfulness.options import DEFAULT_METHODS, Settings, settings_of
 from cosmo_sop.faithfulness.ranks import (
@@ -162,7 +162,7 @@ def faithfulness_evaluation(
     sop_dir: str | os.PathLike | None = None,
     smoothing_pixels: float | None = None,
     maps_per_call: int = 16,
-    max_batch: int = 512,
+    max_batch: int = 64,
     figures: bool = True,
     **scoring: Any,
 ) -> xr.Dataset:
@@ -189,7 +189,9 @@ def faithfulness_evaluation(
         Gaussian sigma (pixels) of the sigma map the purity cells are classified on, as in the
         structures step (None: the schema's defaults, i.e. segmentation's smoothing).
     maps_per_call, max_batch
-        Maps per attribution call, perturbed maps per model call (both bound memory).
+        Maps per attribution call, perturbed maps per model call (both bound memory; 64 maps
+        per call give the demo CNN the most maps per second on CPU,
+        ``benchmarks/backbone_layout.py``).
     figures
         Draw ``faithfulness_curves.png``.
 
@@ -279,7 +281,7 @@ def _sop_contributions(explained: xr.Dataset, maps: Maps, models: Any) -> torch.
     attributions: the store's partial predictions (physical units) through the backbone's label
     scaler, h(0) the backbone on :data:`SUBSTRATE`."""
     partial = np.asarray(explained["partial"].isel(sample=maps.chosen).values, np.float64)
-    reference = substrate_prediction(ChannelsLast(models.backbone), maps.x, SUBSTRATE)
+    reference = substrate_prediction(models.backbone.eval(), maps.x, SUBSTRATE)
     return group_contributions(maps.scores, models.scaler.transform(partial), reference, maps.valid)
 
 
@@ -290,7 +292,7 @@ def _per_output(function: Any, importance: np.ndarray, *args: Any) -> np.ndarray
 
 def _entries(settings: Settings, models: Any) -> list[tuple[Entry, Any, bool]]:
     """Every entry with its scoring model and whether it scores the grouped curves."""
-    backbone = ChannelsLast(models.backbone)
+    backbone = models.backbone.eval()
     entries = []
     for method in settings.methods:
         if method == SOP:
@@ -303,7 +305,7 @@ def _entries(settings: Settings, models: Any) -> list[tuple[Entry, Any, bool]]:
         entries.append((Entry(method, PIXEL, BACKBONE), backbone, True))
         entries.append((Entry(method, TOKEN, BACKBONE), backbone, token_grouped))
         if method == "x_gradient" and settings.own_model and models.xdnn is not None:
-            xdnn = ChannelsLast(models.xdnn)
+            xdnn = models.xdnn.eval()
             entries.append((Entry(method, PIXEL, XDNN), xdnn, False))
             entries.append((Entry(method, TOKEN, XDNN), xdnn, False))
     return entries

@@ -323,7 +323,10 @@ class ConvRegressor(nn.Module):
         """
         n_blocks = self._check_n_blocks(n_blocks)
         self._check_input(x)
-        x = self.scale(x)
+        # Channels-last (NHWC) convolutions whatever the caller's layout: for these narrow
+        # convs on CPU about 2x the maps per second of NCHW in inference and 1.4x in training
+        # (benchmarks/backbone_layout.py); the values agree to float rounding.
+        x = self.scale(x.contiguous(memory_format=torch.channels_last))
         for block in self.blocks[:n_blocks]:
             x = block(x)
         return x

@@ -15,6 +15,8 @@ rule explain:
         segments=lambda wildcards, input: (
             f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
         ),
+    # Torch's backbone passes take both cores: ~2x the maps/s of one (benchmarks/backbone_layout.py).
+    threads: workflow.cores
     resources:
         mem_mb=4000,
         runtime=60,
@@ -54,6 +56,8 @@ rule structures:
         segments=lambda wildcards, input: (
             f"--segments {shlex.quote(input.segments)}" if "segments" in input.keys() else ""
         ),
+    # Mostly the random-group null's backbone passes (torch): both cores, as explain.
+    threads: workflow.cores
     log:
         layout.log(RESULTS, "structures_{level}"),
     benchmark:

@@ -212,7 +212,7 @@ def probability_curves(
     ranks = pixel_ranks(importance, tie_seed)
     plans = [rank_plan(ranks, counts, True), rank_plan(ranks, counts, False)]
     substrate = make_substrate(x, "zero")
-    inserted, deleted = evaluate(
+    _, (inserted, deleted) = evaluate(
         predict, x, substrate, plans, max_batch, progress, int(np.max(classes))
     )
     rows = np.arange(n_maps)
