@@ -1,4 +1,5 @@
-"""The backbone's throughput by memory layout and batch size: what its masked passes cost.
+"""The backbone's throughput by memory layout, block order and batch size: what its masked
+passes cost.
 
     python benchmarks/backbone_layout.py [--threads 1 2] [--batches 16 32 64 128 256 512]
 
@@ -6,10 +7,11 @@ Every SOP step, explanation, floor, null and faithfulness curve is the demo's CN
 of masked maps (4 x 66 x 66). For each thread count and batch size this prints maps/s of
 
   NCHW            the conv blocks on the caller's contiguous (NCHW) tensors
-  channels-last   ``ConvRegressor.embed``, which converts to NHWC before its convolutions
+  act->pool       channels-last, every block activated before pooling (the usual order)
+  embed           ``ConvRegressor.embed``: channels-last, pooled before the activation
 
 in inference and in a training step (forward and backward to the input, as SOP's generator
-needs), and the ratio channels-last / NCHW, measured in this run on this machine. The batch
+needs), and the ratios of embed to both, measured in this run on this machine. The batch
 size that gives the most maps/s is what ``sop.max_backbone_batch`` and the faithfulness
 engine's ``max_batch`` are set from. Not a test.
 """
@@ -31,6 +33,14 @@ def nchw_embed(model: ConvRegressor, x: torch.Tensor) -> torch.Tensor:
     x = model.scale(x)
     for block in model.blocks:
         x = block(x)
+    return model.mlp(x)
+
+
+def activate_then_pool_embed(model: ConvRegressor, x: torch.Tensor) -> torch.Tensor:
+    """``model.embed`` with each block activated before its pooling (same values)."""
+    x = model.scale(x.contiguous(memory_format=torch.channels_last))
+    for block in model.blocks:
+        x = block.pool(block.act(block.conv(x)))
     return model.mlp(x)
 
 
@@ -68,7 +78,7 @@ def main() -> None:
     model = ConvRegressor(channels, input_size=size, **config["backbone"]).eval()
     model.requires_grad_(False)
     maps = torch.randn(max(args.batches), channels, size, size)
-    print(f"demo backbone, {channels} x {size} x {size} maps; maps/s (channels-last / NCHW)")
+    print(f"demo backbone, {channels} x {size} x {size} maps; maps/s (embed / each other)")
     for threads in args.threads:
         torch.set_num_threads(threads)
         for train in (False, True):
@@ -76,10 +86,14 @@ def main() -> None:
             for batch in args.batches:
                 x = maps[:batch]
                 nchw = maps_per_second(lambda b: nchw_embed(model, b), x, train, args.seconds)
+                act_first = maps_per_second(
+                    lambda b: activate_then_pool_embed(model, b), x, train, args.seconds
+                )
                 last = maps_per_second(model.embed, x, train, args.seconds)
                 print(
                     f"{threads} thread(s), {kind:13s} batch {batch:4d}: NCHW {nchw:7.0f}  "
-                    f"channels-last {last:7.0f}  (x{last / nchw:.2f})",
+                    f"act->pool {act_first:7.0f}  embed {last:7.0f}  "
+                    f"(x{last / nchw:.2f}, x{last / act_first:.2f})",
                     flush=True,
                 )
 

@@ -46,6 +46,32 @@ def test_shapes(channels, size):
     torch.testing.assert_close(model.trunk(x), model.features(x))
 
 
+@pytest.mark.parametrize("negative_slope", [0.01, 0.0])
+def test_pooling_before_the_activation_changes_no_bit_forward_or_backward(negative_slope):
+    """The blocks pool before they activate (a quarter of the elements to activate): the values
+    and the gradients, to the input and to every weight, equal the usual order's exactly."""
+    torch.manual_seed(0)
+    model = ConvRegressor(4, negative_slope=negative_slope).train()
+    x = 0.01 * torch.randn(16, 4, 66, 66)
+
+    def usual_order(inputs):
+        h = model.scale(inputs.contiguous(memory_format=torch.channels_last))
+        for block in model.blocks:
+            h = block.pool(block.act(block.conv(h)))
+        return model.head(model.mlp(h))
+
+    outputs, gradients = [], []
+    for forward in (model, usual_order):
+        model.zero_grad()
+        inputs = x.clone().requires_grad_(True)
+        y = forward(inputs)
+        y.square().sum().backward()
+        outputs.append(y.detach())
+        gradients.append([inputs.grad, *(p.grad.clone() for p in model.parameters())])
+    assert torch.equal(*outputs)
+    assert all(torch.equal(a, b) for a, b in zip(*gradients, strict=True))
+
+
 def test_embed_then_head_is_forward():
     model = build(0, 2, input_size=32, dropout=0.3)
     x = maps(1, 5, 2, 32)

@@ -12,6 +12,7 @@ from cosmo_sop.errors import InputError
 from cosmo_sop.models import ConvRegressor, Explanation, SumOfParts
 from cosmo_sop.models.tokens import (
     drop_duplicates,
+    keep_top_tokens,
     n_kept_tokens,
     straight_through,
     suppress_overlaps,
@@ -271,6 +272,28 @@ def test_straight_through_is_exact_forward_and_passes_gradients():
     assert torch.equal(out, hard)
     (out * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     assert torch.equal(soft.grad, torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_top_tokens_keep_the_best_set_with_ties_and_per_sample_counts():
+    """The same token sets whether every sample keeps as many tokens (unsorted top-k) or each
+    its own count (ranked), also among tied logits; a plain sort gives the reference."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 4, (3, 5, 40), generator=generator).double()
+    order = logits.argsort(dim=-1, descending=True, stable=True)
+    for counts in ([7, 7, 7], [1, 7, 20]):
+        n_keep = torch.tensor(counts)
+        kept = keep_top_tokens(logits, n_keep)
+        assert kept.sum(-1).tolist() == [[c] * 5 for c in counts]
+        # Same set as the sorted reference up to ties: the kept values are the top values.
+        top_values = (
+            logits.gather(-1, order)
+            .cumsum(-1)
+            .gather(-1, (n_keep - 1).view(-1, 1, 1).expand(-1, 5, 1))
+        )
+        assert torch.equal((logits * kept).sum(-1, keepdim=True), top_values)
+    equal = keep_top_tokens(logits, torch.tensor([7, 7, 7]))
+    ranked = keep_top_tokens(torch.cat([logits, logits[:1]]), torch.tensor([7, 7, 7, 6]))[:3]
+    assert torch.equal(equal, ranked)
 
 
 def test_drop_duplicates_matches_pairwise_comparison():

