@@ -8,7 +8,8 @@ of masked maps (4 x 66 x 66). For each thread count and batch size this prints m
 
   NCHW            the conv blocks on the caller's contiguous (NCHW) tensors
   act->pool       channels-last, every block activated before pooling (the usual order)
-  embed           ``ConvRegressor.embed``: channels-last, pooled before the activation
+  embed           ``ConvRegressor.embed``: channels-last, and pooled before the activation
+                  where no gradient flows (in the training step it runs act->pool)
 
 in inference and in a training step (forward and backward to the input, as SOP's generator
 needs), and the ratios of embed to both, measured in this run on this machine. The batch

@@ -2,7 +2,7 @@
 
 The architecture is the CosmoGrid backbone of the Sum-of-Parts paper (You et al., ICML 2025,
 arXiv 2310.16316): one input channel per tomographic bin, three convolutional blocks
-(conv k=4 -> max-pool 2 -> LeakyReLU) of widths 16, 32, 48, then a multilayer perceptron
+(conv k=4 -> LeakyReLU -> max-pool 2) of widths 16, 32, 48, then a multilayer perceptron
 1200 -> 128 -> 64 -> 32 -> 2. For a 66 x 66 patch the side shrinks as
 66 -conv-> 63 -pool-> 31 -conv-> 28 -pool-> 14 -conv-> 11 -pool-> 5, so 48 * 5 * 5 = 1200 features
 enter the perceptron; other patch sizes get their own flattened size.
@@ -33,16 +33,18 @@ from cosmo_sop.errors import InputError
 
 
 class ConvBlock(nn.Sequential):
-    """conv (no padding, stride 1) -> 2 x 2 max-pool -> LeakyReLU [-> BatchNorm].
+    """conv (no padding, stride 1) -> LeakyReLU -> 2 x 2 max-pool [-> BatchNorm].
 
-    Pooling before the activation gives the same values as the usual conv -> activation -> pool,
-    bit for bit, forward and backward: a non-decreasing activation commutes with a maximum, also
-    in floating point. It activates a quarter of the elements, and the full-size activation was
-    the costliest step after the convolution: 1.8x the maps per second of the whole CNN in
-    inference on CPU (``benchmarks/backbone_layout.py``).
-
-    Each stage is a named child (``conv``, ``pool``, ``act``, ``norm``) so that hooks and
+    Each stage is a named child (``conv``, ``act``, ``pool``, ``norm``) so that hooks and
     state-dict keys read as what they are.
+
+    Without gradients the block pools before it activates: the same values bit for bit, as a
+    non-decreasing activation commutes with a maximum also in floating point, from a quarter
+    of the activations, the costliest step after the convolution (1.2-1.3x the maps per second
+    of the whole CNN on CPU, ``benchmarks/backbone_layout.py``). Where gradients flow the usual
+    order stays: two inputs of a pooling window that the activation rounds to one value send
+    the gradient to the first of them, pooling first to the larger one, and that rare
+    difference changed the demo's trained weights.
     """
 
     def __init__(
@@ -56,12 +58,17 @@ class ConvBlock(nn.Sequential):
     ) -> None:
         layers: OrderedDict[str, nn.Module] = OrderedDict(
             conv=nn.Conv2d(in_channels, out_channels, kernel_size, bias=bias),
-            pool=nn.MaxPool2d(2),
             act=nn.LeakyReLU(negative_slope),
+            pool=nn.MaxPool2d(2),
         )
         if batchnorm:
             layers["norm"] = nn.BatchNorm2d(out_channels)
         super().__init__(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        x = self.pool(self.act(x)) if x.requires_grad else self.act(self.pool(x))
+        return self.norm(x) if hasattr(self, "norm") else x
 
 
 def _positive_int(name: str, value: Any) -> int:

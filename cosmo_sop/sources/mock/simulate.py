@@ -32,7 +32,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -358,7 +358,9 @@ def _run_in_processes(
             pool.submit(_simulate_and_write, root, cfg, seed, row, perms) for row, perms in jobs
         }
         while futures:
-            done, futures = wait(futures, return_when=FIRST_EXCEPTION)
+            # FIRST_COMPLETED, not FIRST_EXCEPTION: the latter returns only once every task is
+            # done when none fails, and the progress bar stood at 0 until the end.
+            done, futures = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
                 if future.exception() is not None:
                     for pending in futures:
