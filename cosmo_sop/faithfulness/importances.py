@@ -25,7 +25,8 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from cosmo_sop.attribution.registry import attribute, group_pixel_importance
+from cosmo_sop.attribution.registry import METHODS, attribute, group_pixel_importance
+from cosmo_sop.attribution.replay import ReplayedOutputs
 from cosmo_sop.faithfulness.loading import Maps, Models
 from cosmo_sop.faithfulness.ranks import Ranking, ranking_importance
 from cosmo_sop.models.tokens import patch_token_map
@@ -68,6 +69,11 @@ def baseline_importance(
     """A baseline's ranking map (N, n_outputs, H, W) float64 at the pixel resolution."""
     n_outputs = len(maps.outputs)
     model = models.xdnn if method == "x_gradient" else models.backbone
+    replay = METHODS[method].needs_segments
+    if replay:
+        # KernelSHAP and LIME feed every output the same seeded perturbations: the second
+        # output replays the backbone's outputs on the first's batches.
+        model = ReplayedOutputs(model)
     x, segments = maps.x, maps.segments
     out = np.empty((x.shape[0], n_outputs, *x.shape[2:]), dtype=np.float64)
     starts = range(0, x.shape[0], maps_per_call)
@@ -76,7 +82,11 @@ def baseline_importance(
             here = slice(start, start + maps_per_call)
             labels = None if segments is None else segments[here]
             for o in range(n_outputs):
+                if replay:
+                    model.rewind()
                 attribution = attribute(method, model, x[here], o, labels, **options)
                 out[here, o] = ranking_importance(attribution, ranking).numpy()
                 bar.update()
+            if replay:
+                model.clear()
     return out
