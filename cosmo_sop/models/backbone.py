@@ -40,11 +40,12 @@ class ConvBlock(nn.Sequential):
 
     Without gradients the block pools before it activates: the same values bit for bit, as a
     non-decreasing activation commutes with a maximum also in floating point, from a quarter
-    of the activations, the costliest step after the convolution (1.2-1.3x the maps per second
-    of the whole CNN on CPU, ``benchmarks/backbone_layout.py``). Where gradients flow the usual
-    order stays: two inputs of a pooling window that the activation rounds to one value send
-    the gradient to the first of them, pooling first to the larger one, and that rare
-    difference changed the demo's trained weights.
+    of the activations: 1.07-1.10x the maps per second of the demo's trained CNN on its maps,
+    whole or masked, on 2 CPU cores (1.2-1.3x for the untrained one of
+    ``benchmarks/backbone_layout.py``). Where gradients flow the usual order stays: two inputs
+    of a pooling window that the activation rounds to one value send the gradient to the first
+    of them, pooling first to the larger one, and that rare difference changed the demo's
+    trained weights.
     """
 
     def __init__(
