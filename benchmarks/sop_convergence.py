@@ -61,12 +61,17 @@ from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.trained import load_backbone
 from cosmo_sop.statistics import CONFIDENCE
 from cosmo_sop.storage import read_json, write_json
-from cosmo_sop.training import runs, sop_model_settings
 from cosmo_sop.training.comparison import mse_ratio_to_backbone, read_test_predictions
 from cosmo_sop.training.data import PatchData, PatchDataset
 from cosmo_sop.training.evaluation import evaluate
-from cosmo_sop.training.loop import derived_seed, fit
-from cosmo_sop.training.runs import fit_options, predict_backbone, predict_sop
+from cosmo_sop.training.loop import fit
+from cosmo_sop.training.runs import (
+    fit_options,
+    predict_backbone,
+    predict_sop,
+    ratio_bootstrap_seed,
+    untrained_sop,
+)
 
 #: The SOP paper's test MSE of SOP over its backbone's: 0.015 / 0.009.
 PAPER_RATIO = 0.015 / 0.009
@@ -151,7 +156,7 @@ class Checkpoints:
         train_minutes = (begin - self.start - self.eval_seconds) / 60
         was_training = self.model.training
         n_boot = self.config["sop"]["n_boot"]
-        seed = derived_seed(self.config["seed"], runs._BOOTSTRAP)  # the demo's bootstrap
+        seed = ratio_bootstrap_seed(self.config)  # the demo's bootstrap
         batch_size = self.config["training"]["eval_batch_size"]
         row: dict[str, Any] = {"steps": epoch * self.steps_per_epoch, "epoch": epoch}
         with torch.no_grad():
@@ -269,13 +274,8 @@ def main() -> None:
     options["warmup_fraction"] = options["warmup_fraction"] * DEMO_EPOCHS / total
     options["epochs"], options["patience"] = total, total
     options["threads"] = args.threads
-    settings = sop_model_settings(sop)
-    encoder_blocks = settings.pop("encoder_blocks")
     input_shape = tuple(data.ds.sizes[d] for d in ("bin", "y", "x"))
-    model = runs._seeded_init(
-        config["seed"],
-        lambda: SumOfParts.from_backbone(backbone, input_shape, encoder_blocks, **settings),
-    )
+    model = untrained_sop(backbone, input_shape, config)
     batch_size = config["training"]["eval_batch_size"]
     backbone_val = backbone_validation(backbone, val, batch_size)
     hook = Checkpoints(

@@ -82,6 +82,24 @@ def sop_model_settings(sop: dict[str, Any]) -> dict[str, Any]:
 _SOP_RUN_KEYS = ("training", "max_train_maps", "n_boot", "sweep_keep_fractions")
 
 
+def untrained_sop(
+    backbone: torch.nn.Module, input_shape: tuple[int, ...], config: dict[str, Any]
+) -> SumOfParts:
+    """The config's SOP around ``backbone`` for inputs (C, H, W), before training: initialised
+    from the config seed, as :func:`train_sop` starts it."""
+    settings = sop_model_settings(config["sop"])
+    encoder_blocks = settings.pop("encoder_blocks")
+    return _seeded_init(
+        config["seed"],
+        lambda: SumOfParts.from_backbone(backbone, input_shape, encoder_blocks, **settings),
+    )
+
+
+def ratio_bootstrap_seed(config: dict[str, Any]) -> int:
+    """Seed of the cosmology bootstrap of SOP's MSE ratio to its backbone in the test metrics."""
+    return derived_seed(config["seed"], _BOOTSTRAP)
+
+
 def _seeded_init(seed: int, build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     # Initialise from the config seed without touching the caller's global torch RNG.
     with torch.random.fork_rng(devices=[]):
@@ -219,13 +237,8 @@ def _train_sop(
     _require_splits(data)
     scaler = LabelScaler.from_state_dict(backbone_sidecar["label_scaler"])
 
-    settings = sop_model_settings(config["sop"])
-    encoder_blocks = settings.pop("encoder_blocks")
     input_shape = tuple(data.ds.sizes[d] for d in ("bin", "y", "x"))
-    model = _seeded_init(
-        config["seed"],
-        lambda: SumOfParts.from_backbone(backbone, input_shape, encoder_blocks, **settings),
-    )
+    model = untrained_sop(backbone, input_shape, config)
 
     budget = config["training"]["memory_budget_gib"]
     train = data.dataset(
@@ -301,7 +314,7 @@ def _evaluate_test(
             read_test_predictions(backbone_predictions),
             data.ds["cosmology"].values[result["sample"]],
             config["sop"]["n_boot"],
-            derived_seed(config["seed"], _BOOTSTRAP),
+            ratio_bootstrap_seed(config),
             backbone_predictions,
         )
         metrics["floor"] = random_group_floor(
