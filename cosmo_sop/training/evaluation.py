@@ -20,9 +20,11 @@ from cosmo_sop.training.options import Placement, select_device
 
 Batch = dict[str, torch.Tensor]
 #: The training losses (config key ``training.loss``): ``loss(prediction, target)``, batch mean.
-#: ``cross_entropy`` takes logits (B, K) and class indices (B,).
+#: ``mae`` (the mean absolute error) trains a regression as ``mse`` does and is validated and
+#: tested by its MSE as well; ``cross_entropy`` takes logits (B, K) and class indices (B,).
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "mse": torch.nn.functional.mse_loss,
+    "mae": torch.nn.functional.l1_loss,
     "cross_entropy": torch.nn.functional.cross_entropy,
 }
 #: ``predict(model, batch) -> (B, n_outputs)``: how a model's prediction comes from a batch.

@@ -3,8 +3,9 @@
 :func:`fit` trains any :class:`torch.nn.Module` whose predictions come from a function
 ``predict(model, batch) -> (B, n_outputs)`` (e.g. ``model(batch["kappa"])`` for the backbone,
 ``model(batch["kappa"], batch["segments"])`` for SOP) against ``batch["target"]``, the
-standardised (Om, s8), with a mean-squared-error loss (or, ``training.loss: cross_entropy``,
-the cross-entropy of logits against class indices, for the image and text classifiers), AdamW
+standardised (Om, s8), with a mean-squared-error loss (``training.loss: mae``: the mean
+absolute error, validated by the MSE all the same; ``cross_entropy``: the cross-entropy of
+logits against class indices, for the image and text classifiers), AdamW
 and a one-cycle (warm-up then cosine) learning-rate schedule, and early stopping on the
 validation loss.
 
