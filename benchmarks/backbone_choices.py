@@ -158,7 +158,7 @@ def _cells(entry: dict[str, list[float]]) -> str:
     )
 
 
-def test_ratio(work: Path, chosen: str, data: PatchData) -> dict[str, list[float]]:
+def chosen_over_demo_on_test(work: Path, chosen: str, data: PatchData) -> dict[str, list[float]]:
     """The chosen variant's test MSE over the demo CNN's (standardised), paired over the test
     cosmologies."""
     runs = [
@@ -223,7 +223,7 @@ def main() -> None:
     result = {"level": args.level, "confidence": confidence, "variants": rows, "chosen": chosen}
     print(f"helping on validation: {helping or 'none'}; chosen: {chosen}")
     if chosen != "demo":
-        result["test_ratio"] = test_ratio(work, chosen, data)
+        result["test_ratio"] = chosen_over_demo_on_test(work, chosen, data)
         print(f"test MSE {chosen} / demo: {_cells(result['test_ratio'])}")
     if args.write:
         write_json(args.write, result)
