@@ -47,6 +47,7 @@ from cosmo_sop import layout
 from cosmo_sop.config import load_config
 from cosmo_sop.models.targets import LabelScaler
 from cosmo_sop.models.trained import load_backbone
+from cosmo_sop.models.weights import load_sidecar
 from cosmo_sop.statistics import bootstrap_ratio_of_means
 from cosmo_sop.storage import read_json, write_json
 from cosmo_sop.training import PatchData, train_backbone
@@ -166,7 +167,7 @@ def chosen_over_demo_on_test(work: Path, chosen: str, data: PatchData) -> dict[s
     ]
     if not np.array_equal(runs[0]["sample"], runs[1]["sample"]):
         raise SystemExit("the two runs tested other maps")
-    _, sidecar = load_backbone(work / "demo")
+    sidecar = load_sidecar(work / "demo" / layout.WEIGHTS)
     scaler = LabelScaler.from_state_dict(sidecar["label_scaler"])
     squared = [
         (scaler.transform(run["predictions"]) - scaler.transform(run["targets"])) ** 2
